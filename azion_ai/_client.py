@@ -1,0 +1,281 @@
+"""``AI`` and ``AsyncAI``: ``run(model_id, payload)`` over whichever transport the client holds.
+
+Both share one base that resolves the model, validates the payload and builds the request; the
+transport (remote HTTP or the in-process local backend) only ever sees valid requests.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Literal, overload
+
+import httpx
+from pydantic import ValidationError as PydanticValidationError
+
+from ._exceptions import APIResponseValidationError
+from ._models import get_model
+from ._streaming import AsyncStream, Stream
+from ._transport import (
+    AsyncBaseTransport,
+    AsyncTransportResponse,
+    BaseTransport,
+    ChatRequest,
+    TransportResponse,
+)
+from ._types import ChatCompletion, ChatPayload, NonStreamingChatPayload, StreamingChatPayload
+from ._validation import validate_payload
+
+__all__ = ["AI", "AsyncAI"]
+
+Backend = Literal["remote", "local"]
+ENV_BASE_URL = "AZION_AI_BASE_URL"
+ENV_TOKEN = "AZION_TOKEN"
+ENV_BACKEND = "AZION_AI_BACKEND"
+
+
+def _local_backend_class() -> Any:
+    from ._local import LocalBackend  # imports nothing heavy until a model loads
+
+    return LocalBackend
+
+
+class _ClientBase:
+    """Configuration and request building shared by ``AI`` and ``AsyncAI``."""
+
+    _transport: Any
+
+    def _setup(
+        self,
+        *,
+        transport: Any,
+        backend: Backend | None,
+        remote_class: Any,
+        http_client: Any,
+        base_url: str | None,
+        token: str | None,
+        timeout: float | httpx.Timeout | None,
+        max_retries: int,
+        default_headers: Mapping[str, str] | None,
+        validate: bool,
+        models: Mapping[str, str] | None,
+        device: str,
+        local_options: Mapping[str, Any],
+    ) -> None:
+        self.validate = validate
+        if transport is not None:
+            self._transport = transport
+            self.backend = getattr(transport, "backend_name", "custom")
+            return
+        self.backend = backend or os.environ.get(ENV_BACKEND) or "remote"
+        if self.backend == "remote":
+            base_url = base_url or os.environ.get(ENV_BASE_URL)
+            if not base_url:
+                raise ValueError(
+                    "no base_url: pass AI(base_url='https://<app>.map.azionedge.net/v1') or set "
+                    f"{ENV_BASE_URL} (any OpenAI-compatible server works), or use backend='local'"
+                )
+            self._transport = remote_class(
+                http_client=http_client,
+                base_url=base_url,
+                token=token if token is not None else os.environ.get(ENV_TOKEN),
+                timeout=timeout,
+                max_retries=max_retries,
+                default_headers=default_headers,
+            )
+        elif self.backend == "local":
+            self._transport = _local_backend_class()(models=models, device=device, **local_options)
+        else:
+            raise ValueError(f"backend must be 'remote' or 'local', got {self.backend!r}")
+
+    def _request(self, model_id: str, payload: Any, validate: bool | None) -> ChatRequest:
+        model = get_model(model_id)
+        if self.validate if validate is None else validate:
+            schemes = getattr(self._transport, "extra_url_schemes", ())
+            validate_payload(model, payload, extra_url_schemes=schemes)
+        elif not isinstance(payload, Mapping):
+            raise TypeError("payload must be a dict")
+        return ChatRequest(model=model, payload=dict(payload))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(backend={self.backend!r}, transport={self._transport!r})"
+
+
+def _completion(body: dict[str, Any]) -> ChatCompletion:
+    try:
+        return ChatCompletion.model_validate(body)
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise APIResponseValidationError(
+            f"server answered with something that is not a chat.completion ({where}: {first['msg']})",
+            body=body,
+        ) from None
+
+
+def _sync_result(response: TransportResponse) -> ChatCompletion | Stream:
+    if response.events is not None:
+        return Stream(response.events, response.close)
+    assert response.body is not None
+    return _completion(response.body)
+
+
+async def _async_result(response: AsyncTransportResponse) -> ChatCompletion | AsyncStream:
+    if response.events is not None:
+        return AsyncStream(response.events, response.aclose)
+    assert response.body is not None
+    return _completion(response.body)
+
+
+class AI(_ClientBase):
+    """Synchronous client: ``AI(...).run(model_id, payload)``.
+
+    ``backend="remote"`` (default) talks to Azion or any OpenAI-compatible server;
+    ``backend="local"`` runs the model weights in this process.
+    """
+
+    def __init__(
+        self,
+        *,
+        backend: Backend | None = None,
+        base_url: str | None = None,
+        token: str | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        max_retries: int = 2,
+        default_headers: Mapping[str, str] | None = None,
+        http_client: httpx.Client | None = None,
+        transport: BaseTransport | None = None,
+        validate: bool = True,
+        models: Mapping[str, str] | None = None,
+        device: str = "auto",
+        **local_options: Any,
+    ) -> None:
+        from ._remote import HTTPTransport
+
+        self._setup(
+            transport=transport,
+            backend=backend,
+            remote_class=HTTPTransport,
+            http_client=http_client,
+            base_url=base_url,
+            token=token,
+            timeout=timeout,
+            max_retries=max_retries,
+            default_headers=default_headers,
+            validate=validate,
+            models=models,
+            device=device,
+            local_options=local_options,
+        )
+
+    @property
+    def transport(self) -> BaseTransport:
+        return self._transport
+
+    @overload
+    def run(self, model_id: str, payload: StreamingChatPayload, *, validate: bool | None = None) -> Stream: ...
+
+    @overload
+    def run(
+        self, model_id: str, payload: NonStreamingChatPayload, *, validate: bool | None = None
+    ) -> ChatCompletion: ...
+
+    @overload
+    def run(
+        self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None
+    ) -> ChatCompletion | Stream: ...
+
+    def run(
+        self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None
+    ) -> ChatCompletion | Stream:
+        """Run ``model_id`` on ``payload`` (the JSON of Azion's JS API).
+
+        Returns a ``ChatCompletion``, or a ``Stream`` of chunks when ``payload["stream"]`` is true.
+        Raises ``ValidationError`` before anything is sent if the payload breaks the model's schema.
+        """
+        request = self._request(model_id, payload, validate)
+        return _sync_result(self._transport.handle_request(request))
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def __enter__(self) -> AI:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncAI(_ClientBase):
+    """Asynchronous client: ``await AsyncAI(...).run(model_id, payload)``."""
+
+    def __init__(
+        self,
+        *,
+        backend: Backend | None = None,
+        base_url: str | None = None,
+        token: str | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        max_retries: int = 2,
+        default_headers: Mapping[str, str] | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        transport: AsyncBaseTransport | None = None,
+        validate: bool = True,
+        models: Mapping[str, str] | None = None,
+        device: str = "auto",
+        **local_options: Any,
+    ) -> None:
+        from ._remote import AsyncHTTPTransport
+
+        self._setup(
+            transport=transport,
+            backend=backend,
+            remote_class=AsyncHTTPTransport,
+            http_client=http_client,
+            base_url=base_url,
+            token=token,
+            timeout=timeout,
+            max_retries=max_retries,
+            default_headers=default_headers,
+            validate=validate,
+            models=models,
+            device=device,
+            local_options=local_options,
+        )
+
+    @property
+    def transport(self) -> AsyncBaseTransport:
+        return self._transport
+
+    @overload
+    async def run(
+        self, model_id: str, payload: StreamingChatPayload, *, validate: bool | None = None
+    ) -> AsyncStream: ...
+
+    @overload
+    async def run(
+        self, model_id: str, payload: NonStreamingChatPayload, *, validate: bool | None = None
+    ) -> ChatCompletion: ...
+
+    @overload
+    async def run(
+        self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None
+    ) -> ChatCompletion | AsyncStream: ...
+
+    async def run(
+        self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None
+    ) -> ChatCompletion | AsyncStream:
+        """Async twin of :meth:`AI.run`; ``await`` it, then ``async for`` over a stream."""
+        request = self._request(model_id, payload, validate)
+        return await _async_result(await self._transport.handle_async_request(request))
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+    close = aclose
+
+    async def __aenter__(self) -> AsyncAI:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

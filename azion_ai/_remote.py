@@ -1,0 +1,313 @@
+"""The remote backend: Azion's OpenAI-compatible endpoint, or any vLLM-style server, over httpx.
+
+Retries (exponential backoff with jitter, honouring Retry-After) happen only before a response
+body is handed out; once a stream has delivered its first byte it is never retried. httpx's
+exceptions are mapped onto ``azion_ai``'s at this edge and never escape.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+import anyio
+import httpx
+
+from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    APIResponseValidationError,
+    APITimeoutError,
+    make_status_error,
+)
+from ._streaming import DONE, SSEDecoder, StreamError, error_message, parse_sse_event
+from ._transport import (
+    AsyncBaseTransport,
+    AsyncTransportResponse,
+    BaseTransport,
+    ChatRequest,
+    TransportResponse,
+)
+from ._version import __version__
+
+log = logging.getLogger("azion_ai")
+
+DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
+DEFAULT_MAX_RETRIES = 2
+INITIAL_RETRY_DELAY = 0.5
+MAX_RETRY_DELAY = 8.0
+MAX_RETRY_AFTER = 60.0
+RETRY_STATUSES = frozenset({408, 409, 429})
+USER_AGENT = f"azion-ai-python/{__version__}"
+
+
+class Secret:
+    """A token that never shows itself in a repr, str or log line."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+def normalise_base_url(base_url: str) -> str:
+    url = httpx.URL(base_url)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"base_url must be an http(s) URL with a host, got {base_url!r}")
+    return str(url).rstrip("/")
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        if parsed is None:
+            return None
+        return parsed.timestamp() - time.time()
+
+
+class _RemoteBase:
+    """What the sync and async HTTP transports share: URLs, headers, errors and retry timing."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        token: str | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        default_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self.base_url = normalise_base_url(base_url)
+        self._token = Secret(token) if token else None
+        self.timeout = DEFAULT_TIMEOUT if timeout is None else httpx.Timeout(timeout)
+        self.max_retries = max_retries
+        self.default_headers = dict(default_headers or {})
+        self.url = f"{self.base_url}/chat/completions"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+    def _headers(self, stream: bool) -> dict[str, str]:
+        headers = {
+            "User-Agent": USER_AGENT,
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream" if stream else "application/json",
+        }
+        headers.update(self.default_headers)
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token.reveal()}"
+        return headers
+
+    @staticmethod
+    def _body(request: ChatRequest) -> bytes:
+        body = {**request.payload, "model": request.model.id}
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def _retry_delay(self, attempt: int, headers: Mapping[str, str] | None) -> float:
+        if headers is not None:
+            after = _retry_after(headers)
+            if after is not None and 0 <= after <= MAX_RETRY_AFTER:
+                return after
+        delay = min(INITIAL_RETRY_DELAY * 2**attempt, MAX_RETRY_DELAY)
+        return delay * (1 - 0.25 * random.random())
+
+    @staticmethod
+    def _retryable_status(status: int) -> bool:
+        return status in RETRY_STATUSES or status >= 500
+
+    @staticmethod
+    def _status_error(response: httpx.Response, content: bytes) -> APIError:
+        try:
+            body: Any = json.loads(content) if content else None
+        except ValueError:
+            body = content.decode("utf-8", errors="replace")
+        message = error_message(body)
+        return make_status_error(
+            message,
+            status_code=response.status_code,
+            body=body,
+            request_id=response.headers.get("x-request-id"),
+            headers=response.headers,
+        )
+
+    @staticmethod
+    def _completion_body(content: bytes) -> dict[str, Any]:
+        try:
+            body = json.loads(content)
+        except ValueError:
+            raise APIResponseValidationError(
+                f"server answered with something that is not JSON: {content[:80]!r}"
+            ) from None
+        if not isinstance(body, dict):
+            raise APIResponseValidationError("server answered with JSON that is not an object", body=body)
+        return body
+
+    @staticmethod
+    def _connection_error(exc: httpx.HTTPError) -> APIConnectionError:
+        if isinstance(exc, httpx.TimeoutException):
+            return APITimeoutError(f"request timed out ({type(exc).__name__})")
+        return APIConnectionError(f"connection error: {type(exc).__name__}: {exc}")
+
+    def _log_retry(self, attempt: int, delay: float, reason: str) -> None:
+        log.info("retrying %s in %.2fs (retry %d of %d): %s", self.url, delay, attempt + 1, self.max_retries, reason)
+
+
+class HTTPTransport(_RemoteBase, BaseTransport):
+    def __init__(self, *, http_client: httpx.Client | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._owns_client = http_client is None
+        self._client = http_client or httpx.Client(timeout=self.timeout)
+
+    def handle_request(self, request: ChatRequest) -> TransportResponse:
+        content = self._body(request)
+        headers = self._headers(request.stream)
+        attempt = 0
+        while True:
+            retry_headers: Mapping[str, str] | None = None
+            try:
+                response = self._client.send(
+                    self._client.build_request("POST", self.url, content=content, headers=headers, timeout=self.timeout),
+                    stream=True,
+                )
+            except httpx.HTTPError as exc:
+                error: APIError = self._connection_error(exc)
+            else:
+                if response.is_success and request.stream:
+                    return TransportResponse(events=self._events(response), close=response.close)
+                try:
+                    body_bytes = response.read()
+                except httpx.HTTPError as exc:
+                    error = self._connection_error(exc)
+                else:
+                    if response.is_success:
+                        return TransportResponse(body=self._completion_body(body_bytes))
+                    error = self._status_error(response, body_bytes)
+                    retry_headers = response.headers
+                    if not self._retryable_status(response.status_code):
+                        raise error
+                finally:
+                    response.close()
+            if attempt >= self.max_retries:
+                raise error
+            delay = self._retry_delay(attempt, retry_headers)
+            self._log_retry(attempt, delay, str(error))
+            time.sleep(delay)
+            attempt += 1
+
+    def _events(self, response: httpx.Response) -> Iterator[dict[str, Any]]:
+        decoder = SSEDecoder()
+        try:
+            for data in response.iter_bytes():
+                for event in decoder.feed(data):
+                    obj = parse_sse_event(event)
+                    if obj is DONE:
+                        return
+                    yield obj
+            for event in decoder.flush():
+                if parse_sse_event(event) is DONE:
+                    return
+                raise StreamError("stream ended with an unterminated event")
+        except httpx.HTTPError as exc:
+            raise self._connection_error(exc) from None
+        finally:
+            response.close()
+        raise StreamError("stream ended before [DONE]: the answer is incomplete")
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._client.close()
+
+
+class AsyncHTTPTransport(_RemoteBase, AsyncBaseTransport):
+    def __init__(self, *, http_client: httpx.AsyncClient | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._owns_client = http_client is None
+        self._client = http_client or httpx.AsyncClient(timeout=self.timeout)
+
+    async def handle_async_request(self, request: ChatRequest) -> AsyncTransportResponse:
+        content = self._body(request)
+        headers = self._headers(request.stream)
+        attempt = 0
+        while True:
+            retry_headers: Mapping[str, str] | None = None
+            try:
+                response = await self._client.send(
+                    self._client.build_request("POST", self.url, content=content, headers=headers, timeout=self.timeout),
+                    stream=True,
+                )
+            except httpx.HTTPError as exc:
+                error: APIError = self._connection_error(exc)
+            else:
+                if response.is_success and request.stream:
+                    return AsyncTransportResponse(events=self._events(response), aclose=response.aclose)
+                try:
+                    body_bytes = await response.aread()
+                except httpx.HTTPError as exc:
+                    error = self._connection_error(exc)
+                else:
+                    if response.is_success:
+                        return AsyncTransportResponse(body=self._completion_body(body_bytes))
+                    error = self._status_error(response, body_bytes)
+                    retry_headers = response.headers
+                    if not self._retryable_status(response.status_code):
+                        raise error
+                finally:
+                    await response.aclose()
+            if attempt >= self.max_retries:
+                raise error
+            delay = self._retry_delay(attempt, retry_headers)
+            self._log_retry(attempt, delay, str(error))
+            await anyio.sleep(delay)
+            attempt += 1
+
+    async def _events(self, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+        decoder = SSEDecoder()
+        try:
+            async for data in response.aiter_bytes():
+                for event in decoder.feed(data):
+                    obj = parse_sse_event(event)
+                    if obj is DONE:
+                        return
+                    yield obj
+            for event in decoder.flush():
+                if parse_sse_event(event) is DONE:
+                    return
+                raise StreamError("stream ended with an unterminated event")
+        except httpx.HTTPError as exc:
+            raise self._connection_error(exc) from None
+        finally:
+            await response.aclose()
+        raise StreamError("stream ended before [DONE]: the answer is incomplete")
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()

@@ -1,0 +1,73 @@
+"""The one interface every backend implements, in the manner of httpx's transports.
+
+A client validates the payload, builds a :class:`ChatRequest` and hands it to whatever transport
+it holds; it never knows whether that is the HTTP transport or the in-process local backend.
+A transport answers with a :class:`TransportResponse`: a whole completion body, or an iterator
+of chunk dicts plus the function that releases what the stream holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ._models import ModelInfo
+
+__all__ = [
+    "ChatRequest",
+    "TransportResponse",
+    "AsyncTransportResponse",
+    "BaseTransport",
+    "AsyncBaseTransport",
+]
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A validated payload for one model, as the JS API's ``Azion.AI.run(modelId, payload)``."""
+
+    model: ModelInfo
+    payload: Mapping[str, Any]
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.payload.get("stream", False))
+
+
+def _noop() -> None:
+    return None
+
+
+async def _anoop() -> None:
+    return None
+
+
+@dataclass
+class TransportResponse:
+    body: dict[str, Any] | None = None
+    events: Iterator[dict[str, Any]] | None = None
+    close: Callable[[], None] = _noop
+
+
+@dataclass
+class AsyncTransportResponse:
+    body: dict[str, Any] | None = None
+    events: AsyncIterator[dict[str, Any]] | None = None
+    aclose: Callable[[], Awaitable[None]] = _anoop
+
+
+class BaseTransport:
+    def handle_request(self, request: ChatRequest) -> TransportResponse:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        return None
+
+
+class AsyncBaseTransport:
+    async def handle_async_request(self, request: ChatRequest) -> AsyncTransportResponse:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        return None

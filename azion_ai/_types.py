@@ -1,0 +1,185 @@
+"""Typed request payloads (TypedDicts, for editors) and response models (pydantic v2).
+
+Responses follow vLLM's OpenAI server format, which is what Azion returns, and keep any extra
+field a server adds (``model_extra``), so nothing a backend sends is lost.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import NotRequired, Required, TypedDict
+
+__all__ = [
+    "ChatPayload",
+    "StreamingChatPayload",
+    "NonStreamingChatPayload",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "Choice",
+    "ChunkChoice",
+    "Message",
+    "ChoiceDelta",
+    "ToolCall",
+    "FunctionCall",
+    "ChoiceDeltaToolCall",
+    "ChoiceDeltaFunctionCall",
+    "Usage",
+]
+
+
+# -- request payloads: the JSON of Azion's JS API ---------------------------------------------
+
+
+class TextContentItem(TypedDict):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(TypedDict):
+    url: str
+
+
+class ImageContentItem(TypedDict):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class FunctionCallParam(TypedDict):
+    name: str
+    arguments: str
+
+
+class ToolCallParam(TypedDict):
+    id: str
+    type: Literal["function"]
+    function: FunctionCallParam
+
+
+class MessageParam(TypedDict, total=False):
+    role: Required[Literal["system", "user", "assistant", "tool"]]
+    content: str | list[TextContentItem | ImageContentItem] | None
+    tool_calls: list[ToolCallParam]
+    tool_call_id: str
+
+
+class FunctionDefinition(TypedDict, total=False):
+    name: Required[str]
+    description: str
+    parameters: dict[str, Any]
+    strict: bool
+
+
+class ToolDefinition(TypedDict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class _PayloadBase(TypedDict, total=False):
+    messages: Required[list[MessageParam]]
+    temperature: float
+    top_p: float
+    n: int
+    max_tokens: int
+    presence_penalty: float
+    frequency_penalty: float
+    tools: list[ToolDefinition]
+
+
+class StreamingChatPayload(_PayloadBase):
+    stream: Required[Literal[True]]
+
+
+class NonStreamingChatPayload(_PayloadBase):
+    stream: NotRequired[Literal[False]]
+
+
+class ChatPayload(_PayloadBase, total=False):
+    stream: bool
+
+
+# -- responses ----------------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class FunctionCall(_Model):
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCall(_Model):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(_Model):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+
+
+class Choice(_Model):
+    index: int = 0
+    message: Message
+    logprobs: Any = None
+    finish_reason: str | None = None
+    stop_reason: Union[int, str, None] = None  # noqa: UP007 (pydantic needs the runtime union)
+
+
+class Usage(_Model):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    prompt_tokens_details: Any = None
+
+
+class ChatCompletion(_Model):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage | None = None
+    prompt_logprobs: Any = None
+
+
+class ChoiceDeltaFunctionCall(_Model):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ChoiceDeltaToolCall(_Model):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: ChoiceDeltaFunctionCall | None = None
+
+
+class ChoiceDelta(_Model):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ChoiceDeltaToolCall] | None = None
+
+
+class ChunkChoice(_Model):
+    index: int = 0
+    delta: ChoiceDelta = Field(default_factory=ChoiceDelta)
+    logprobs: Any = None
+    finish_reason: str | None = None
+    stop_reason: Union[int, str, None] = None  # noqa: UP007
+
+
+class ChatCompletionChunk(_Model):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice] = Field(default_factory=list)
+    usage: Usage | None = None

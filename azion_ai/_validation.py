@@ -1,0 +1,371 @@
+"""Local payload validation: the model's JSON Schema first, then the rules it cannot express.
+
+Every violation is reported with its JSON path (``messages[1].content[0].image_url.url``) and a
+short message that says what to fix. Validators are compiled once per model and cached.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from jsonschema import Draft7Validator
+from jsonschema.exceptions import ValidationError as SchemaError
+from jsonschema.exceptions import best_match
+
+from ._exceptions import ValidationError, ValidationIssue
+from ._models import ModelInfo
+
+__all__ = ["validate_payload", "format_path"]
+
+_DISCRIMINATORS = frozenset({"role", "type"})
+_MAX_SHOWN = 60
+
+_cache_lock = threading.Lock()
+_validators: dict[str, Draft7Validator] = {}
+
+
+def forget_validator(model_id: str) -> None:
+    with _cache_lock:
+        _validators.pop(model_id, None)
+
+
+def format_path(parts: Iterable[Any]) -> str:
+    """``["messages", 1, "content"]`` -> ``messages[1].content``."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _short(value: Any) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    return type(value).__name__
+
+
+# -- schema preparation -----------------------------------------------------------------------
+
+
+def _resolves(schema: Mapping[str, Any], ref: str) -> bool:
+    if not ref.startswith("#"):
+        return False  # remote refs are never fetched
+    node: Any = schema
+    for raw in ref[1:].split("/")[1:]:
+        key = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, Mapping) and key in node:
+            node = node[key]
+        elif isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        else:
+            return False
+    return True
+
+
+def _without_dangling_refs(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the schema where each ``$ref`` that points nowhere accepts anything.
+
+    Azion's InternVL3 schema refers to ``#/components/schemas/ToolDefinition`` without defining
+    it; the capability check (``tools`` on a model without tool calling) covers that field.
+    """
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, Mapping):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and not _resolves(schema, ref):
+                return {}
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    result: dict[str, Any] = walk(schema)
+    return result
+
+
+def _validator_for(model: ModelInfo) -> Draft7Validator:
+    validator = _validators.get(model.id)
+    if validator is None:
+        schema = _without_dangling_refs(model.schema)
+        Draft7Validator.check_schema(schema)
+        validator = Draft7Validator(schema)
+        with _cache_lock:
+            _validators[model.id] = validator
+    return validator
+
+
+# -- turning jsonschema's errors into issues ---------------------------------------------------
+
+
+def _relative(sub: SchemaError, parent: SchemaError) -> list[Any]:
+    return list(sub.absolute_path)[len(parent.absolute_path) :]
+
+
+def _rejects_branch(sub: SchemaError, parent: SchemaError) -> bool:
+    """Does this error say 'the instance is not this kind of thing' (rather than 'it is, but wrong')?"""
+    rel = _relative(sub, parent)
+    if sub.validator in ("enum", "const") and len(rel) == 1 and rel[0] in _DISCRIMINATORS:
+        return True
+    if not rel and sub.validator in ("type", "not"):
+        return True
+    if not rel and sub.validator == "required":
+        missing = _missing_property(sub)
+        return missing in _DISCRIMINATORS
+    if not rel and sub.validator in ("oneOf", "anyOf") and sub.context:
+        return all(
+            any(_rejects_branch(e, sub) for e in errs) for errs in _branches(sub).values()
+        ) and len(_branches(sub)) == len(sub.validator_value)
+    return False
+
+
+def _missing_property(error: SchemaError) -> str | None:
+    match = re.match(r"^'(.+)' is a required property$", error.message)
+    return match.group(1) if match else None
+
+
+def _branches(error: SchemaError) -> dict[int, list[SchemaError]]:
+    grouped: dict[int, list[SchemaError]] = defaultdict(list)
+    for sub in error.context or ():
+        grouped[int(sub.relative_schema_path[0])].append(sub)
+    return grouped
+
+
+def _discriminator_issue(error: SchemaError) -> ValidationIssue:
+    """Every alternative rejected the instance outright: say what kinds were allowed."""
+    enums: dict[str, list[Any]] = defaultdict(list)
+    types: list[str] = []
+    required: set[str] = set()
+    forbidden: list[str] = []
+
+    def collect(err: SchemaError, base: SchemaError) -> None:
+        for sub in err.context or ():
+            rel = _relative(sub, base)
+            if sub.validator in ("oneOf", "anyOf"):
+                collect(sub, base)
+            elif sub.validator in ("enum", "const") and len(rel) == 1:
+                values = sub.validator_value if sub.validator == "enum" else [sub.validator_value]
+                for v in values:
+                    if v not in enums[rel[0]]:
+                        enums[rel[0]].append(v)
+            elif sub.validator == "type" and not rel:
+                for t in [sub.validator_value] if isinstance(sub.validator_value, str) else sub.validator_value:
+                    if t not in types:
+                        types.append(t)
+            elif sub.validator == "required" and not rel:
+                prop = _missing_property(sub)
+                if prop:
+                    required.add(prop)
+            elif sub.validator == "not" and not rel and isinstance(sub.validator_value, Mapping):
+                forbidden.extend(sub.validator_value.get("required", []))
+
+    collect(error, error)
+    instance = error.instance
+    path = list(error.absolute_path)
+    if types and _json_type(instance) not in types:
+        return ValidationIssue(format_path(path), f"expected {' or '.join(types)}, got {_json_type(instance)}")
+    for prop in ("role", "type"):
+        if prop in required and isinstance(instance, Mapping) and prop not in instance:
+            return ValidationIssue(format_path([*path, prop]), "required property is missing")
+    present = [p for p in forbidden if isinstance(instance, Mapping) and p in instance]
+    if present:
+        return ValidationIssue(format_path([*path, present[0]]), "is not allowed in this message")
+    for prop, values in enums.items():
+        if isinstance(instance, Mapping) and prop in instance:
+            allowed = ", ".join(_short(v) for v in values)
+            return ValidationIssue(
+                format_path([*path, prop]), f"{_short(instance[prop])} is not one of: {allowed}"
+            )
+    return ValidationIssue(format_path(path), "does not match any allowed form")
+
+
+def _issues(error: SchemaError) -> list[ValidationIssue]:
+    if error.validator in ("oneOf", "anyOf") and error.context:
+        branches = _branches(error)
+        if len(branches) < len(error.validator_value):
+            return [ValidationIssue(format_path(error.absolute_path), "matches more than one allowed form")]
+        viable = [errs for errs in branches.values() if not any(_rejects_branch(e, error) for e in errs)]
+        if not viable:
+            return [_discriminator_issue(error)]
+        chosen = min(viable, key=len) if len(viable) > 1 else viable[0]
+        if len(viable) > 1:
+            best = best_match(chosen)
+            chosen = [best] if best is not None else chosen
+        out: list[ValidationIssue] = []
+        for sub in chosen:
+            out.extend(_issues(sub))
+        return out
+    return [_leaf_issue(error)]
+
+
+def _leaf_issue(error: SchemaError) -> ValidationIssue:
+    path = list(error.absolute_path)
+    value = error.validator_value
+    instance = error.instance
+    kind = error.validator
+    if kind == "required":
+        prop = _missing_property(error)
+        if prop is not None:
+            return ValidationIssue(format_path([*path, prop]), "required property is missing")
+    if kind == "type":
+        expected = value if isinstance(value, str) else " or ".join(value)
+        return ValidationIssue(format_path(path), f"expected {expected}, got {_json_type(instance)}")
+    if kind in ("enum", "const"):
+        allowed = ", ".join(_short(v) for v in (value if kind == "enum" else [value]))
+        return ValidationIssue(format_path(path), f"{_short(instance)} is not one of: {allowed}")
+    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        words = {
+            "minimum": "must be >=",
+            "maximum": "must be <=",
+            "exclusiveMinimum": "must be >",
+            "exclusiveMaximum": "must be <",
+        }[kind]
+        return ValidationIssue(format_path(path), f"{_short(instance)} {words} {value}")
+    if kind == "not" and isinstance(value, Mapping) and "required" in value:
+        props = ", ".join(value["required"])
+        return ValidationIssue(format_path(path), f"must not have {props} here")
+    message = error.message
+    if len(message) > 200:
+        message = message[:197] + "..."
+    return ValidationIssue(format_path(path), message)
+
+
+# -- rules the schema cannot express ---------------------------------------------------------
+
+
+_DATA_URI = re.compile(r"^data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[\w.+-]+)*(?:;base64)?,", re.ASCII)
+
+
+def _check_image_url(url: str, extra_schemes: frozenset[str]) -> str | None:
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme in ("http", "https"):
+        try:
+            host = urlsplit(url).hostname
+        except ValueError:
+            host = None
+        if host and not any(ch.isspace() for ch in url):
+            return None
+        return f"{_short(url)} is not a valid http(s) URL (it needs a host and no spaces)"
+    if url[:5].lower() == "data:":
+        if _DATA_URI.match(url):
+            return None
+        return "malformed data: URI; expected data:<media-type>[;base64],<data>"
+    if scheme and scheme in extra_schemes and url[len(scheme) + 1 :]:
+        return None
+    return f"{_short(url)} is not an http(s) URL or a data: URI"
+
+
+def _semantic_issues(
+    payload: Mapping[str, Any], model: ModelInfo, extra_schemes: frozenset[str]
+) -> list[ValidationIssue]:
+    issues: list[ValidationIssue] = []
+    tools = payload.get("tools")
+    if tools and not model.tool_calling:
+        issues.append(
+            ValidationIssue("tools", f"model {model.id!r} does not support tool calling; remove 'tools'")
+        )
+    max_tokens = payload.get("max_tokens")
+    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > model.context_length:
+        issues.append(
+            ValidationIssue(
+                "max_tokens",
+                f"{max_tokens} exceeds the context length of {model.id!r} ({model.context_length} tokens)",
+            )
+        )
+    messages = payload.get("messages")
+    if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
+        return issues
+    if not messages:
+        issues.append(ValidationIssue("messages", "must contain at least one message"))
+    call_ids: set[str] = set()
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            continue
+        role = message.get("role")
+        if role in ("assistant", "tool") and not model.tool_calling and (
+            role == "tool" or message.get("tool_calls")
+        ):
+            issues.append(
+                ValidationIssue(
+                    format_path(["messages", i, "role" if role == "tool" else "tool_calls"]),
+                    f"model {model.id!r} does not support tool calling",
+                )
+            )
+            continue
+        if role == "assistant":
+            for call in message.get("tool_calls") or ():
+                if isinstance(call, Mapping) and isinstance(call.get("id"), str):
+                    call_ids.add(call["id"])
+        elif role == "tool":
+            call_id = message.get("tool_call_id")
+            if isinstance(call_id, str) and call_id not in call_ids:
+                issues.append(
+                    ValidationIssue(
+                        format_path(["messages", i, "tool_call_id"]),
+                        f"{_short(call_id)} matches no tool call of an earlier assistant message",
+                    )
+                )
+        content = message.get("content")
+        if role != "user" or not isinstance(content, Sequence) or isinstance(content, str):
+            continue
+        for j, item in enumerate(content):
+            if not isinstance(item, Mapping) or item.get("type") != "image_url":
+                continue
+            where = ["messages", i, "content", j]
+            if not model.supports_images:
+                issues.append(ValidationIssue(format_path(where), f"model {model.id!r} does not take images"))
+                continue
+            image = item.get("image_url")
+            url = image.get("url") if isinstance(image, Mapping) else None
+            if isinstance(url, str):
+                problem = _check_image_url(url, extra_schemes)
+                if problem:
+                    issues.append(ValidationIssue(format_path([*where, "image_url", "url"]), problem))
+    return issues
+
+
+def validate_payload(
+    model: ModelInfo, payload: Any, *, extra_url_schemes: Iterable[str] = ()
+) -> None:
+    """Raise :class:`azion_ai.ValidationError` listing every problem with ``payload``."""
+    if not isinstance(payload, Mapping):
+        raise ValidationError(
+            model.id, [ValidationIssue("", f"payload must be a JSON object (dict), got {_json_type(payload)}")]
+        )
+    validator = _validator_for(model)
+    issues: list[ValidationIssue] = []
+    for error in sorted(validator.iter_errors(payload), key=lambda e: list(map(str, e.absolute_path))):
+        issues.extend(_issues(error))
+    schemes = frozenset(s.lower() for s in extra_url_schemes)
+    for issue in _semantic_issues(payload, model, schemes):
+        if issue not in issues:
+            issues.append(issue)
+    if issues:
+        raise ValidationError(model.id, issues)

@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from seeds import example_responses
+
+from azion_ai import ChatCompletion, ChatCompletionChunk, ChunkAccumulator, StreamError
+from azion_ai._streaming import DONE, SSEDecoder, parse_sse_event
+
+
+def test_seed_responses_parse_unchanged():
+    for raw in example_responses():
+        completion = ChatCompletion.model_validate(raw)
+        assert completion.model_dump(mode="json") == raw
+
+
+def test_seed_tool_call_response_fields():
+    raw = next(r for r in example_responses() if r["choices"][0]["finish_reason"] == "tool_calls")
+    completion = ChatCompletion.model_validate(raw)
+    call = completion.choices[0].message.tool_calls[0]
+    assert call.id.startswith("chatcmpl-tool-")
+    assert json.loads(call.function.arguments) == {"location": "London"}
+    assert completion.usage.total_tokens == 313
+
+
+def test_extra_fields_are_kept():
+    raw = dict(example_responses()[0], system_fingerprint="fp_1", kv_transfer_params={"a": 1})
+    completion = ChatCompletion.model_validate(raw)
+    assert completion.model_extra["system_fingerprint"] == "fp_1"
+
+
+def _events(decoder_input: list[bytes]) -> list:
+    decoder = SSEDecoder()
+    out = []
+    for piece in decoder_input:
+        out.extend(decoder.feed(piece))
+    out.extend(decoder.flush())
+    return out
+
+
+STREAM = (
+    b": keep-alive comment\n"
+    b"data: {\"a\": 1}\n\n"
+    b"event: message\r\n"
+    b"data: {\"b\":\r\n"
+    b"data: 2}\r\n\r\n"
+    b"id: 7\r"
+    b"data: {\"c\": \"\xc3\xa9\xf0\x9f\x98\x80\"}\r\r"
+    b"data: [DONE]\n\n"
+)
+
+
+def _summary(events):
+    return [(e.event, e.data, e.id) for e in events]
+
+
+def test_sse_line_endings_comments_and_multiline_data():
+    got = _summary(_events([STREAM]))
+    assert got == [
+        (None, '{"a": 1}', None),
+        ("message", '{"b":\n2}', None),
+        (None, '{"c": "é😀"}', "7"),
+        (None, "[DONE]", "7"),
+    ]
+
+
+def test_sse_is_the_same_however_the_bytes_are_split():
+    whole = _summary(_events([STREAM]))
+    for cut in range(1, len(STREAM)):
+        assert _summary(_events([STREAM[:cut], STREAM[cut:]])) == whole, cut
+    assert _summary(_events([bytes([b]) for b in STREAM])) == whole
+
+
+def test_sse_flush_yields_unterminated_last_event():
+    assert _summary(_events([b"data: [DONE]"])) == [(None, "[DONE]", None)]
+
+
+def test_sse_long_line_in_small_pieces_is_scanned_once():
+    decoder = SSEDecoder()
+    payload = b"data: " + b"x" * 200_000
+    for i in range(0, len(payload), 100):
+        assert decoder.feed(payload[i : i + 100]) == []
+        assert decoder._scanned == len(decoder._buf)  # nothing is rescanned on the next read
+    events = decoder.feed(b"\n\n")
+    assert len(events) == 1 and len(events[0].data) == 200_000
+
+
+@pytest.mark.parametrize(
+    "data",
+    ['{"object": "error", "message": "boom", "code": 400}', '{"error": {"message": "boom"}}'],
+)
+def test_in_band_errors_raise(data):
+    from azion_ai._streaming import ServerSentEvent
+
+    with pytest.raises(StreamError, match="boom"):
+        parse_sse_event(ServerSentEvent(data))
+
+
+def test_error_event_type_raises_and_garbage_raises():
+    from azion_ai._streaming import ServerSentEvent
+
+    with pytest.raises(StreamError):
+        parse_sse_event(ServerSentEvent('{"message": "bad"}', event="error"))
+    with pytest.raises(StreamError, match="malformed"):
+        parse_sse_event(ServerSentEvent("{not json"))
+    assert parse_sse_event(ServerSentEvent("[DONE]")) is DONE
+
+
+def chunk(delta, index=0, finish=None, usage=None):
+    body = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
+    }
+    if usage:
+        body["usage"] = usage
+    return ChatCompletionChunk.model_validate(body)
+
+
+def test_accumulator_merges_content_and_tool_call_deltas_by_index():
+    acc = ChunkAccumulator()
+    parts = [
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"content": "Let me "}),
+        chunk({"content": "check."}),
+        chunk({"tool_calls": [{"index": 0, "id": "chatcmpl-tool-a", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}),
+        chunk({"tool_calls": [{"index": 1, "id": "chatcmpl-tool-b", "type": "function", "function": {"name": "get_time"}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"location": '}}]}),
+        chunk({"tool_calls": [{"index": 1, "function": {"arguments": "{}"}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"London"}'}}]}),
+        chunk({"content": "x"}, index=1),
+        chunk({}, finish="tool_calls"),
+        chunk({}, index=1, finish="length", usage={"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}),
+    ]
+    for p in parts:
+        acc.add(p)
+    done = acc.completion()
+    first, second = done.choices
+    assert first.message.content == "Let me check."
+    assert [(c.id, c.function.name, c.function.arguments) for c in first.message.tool_calls] == [
+        ("chatcmpl-tool-a", "get_weather", '{"location": "London"}'),
+        ("chatcmpl-tool-b", "get_time", "{}"),
+    ]
+    assert first.finish_reason == "tool_calls" and second.finish_reason == "length"
+    assert second.message.content == "x"
+    assert done.usage.total_tokens == 8 and done.id == "chatcmpl-1"
+
+
+def test_accumulator_without_chunks_raises():
+    with pytest.raises(StreamError):
+        ChunkAccumulator().completion()
