@@ -1,0 +1,248 @@
+"""The local backend: a transport that answers ``ai.run`` with the model running in this process.
+
+It is a peer of the HTTP transport: it takes the same validated ``ChatRequest`` and returns the
+same completion dicts and chunk streams, so ``AI`` / ``AsyncAI`` never tell the two apart.
+Nothing here imports torch until a model is loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .._exceptions import LocalBackendError, ModelLoadError
+from .._models import ModelInfo, get_model
+from .._transport import (
+    AsyncBaseTransport,
+    AsyncTransportResponse,
+    BaseTransport,
+    ChatRequest,
+    TransportResponse,
+)
+from ._chat import build_conversation
+from ._images import ImageLoader, ImagePolicy
+
+ENV_MODELS_DIR = "AZION_AI_MODELS_DIR"
+DEFAULT_MAX_IMAGE_PIXELS = 1280 * 28 * 28  # Qwen2.5-VL: at most 1280 image tokens an image
+DEFAULT_MAX_IMAGE_TILES = 12  # InternVL3: 448-px tiles (plus a thumbnail)
+
+
+class LocalBackend(BaseTransport, AsyncBaseTransport):
+    """Runs Azion's models from local weight directories (transformers; AWQ through gptqmodel).
+
+    ``models`` maps model ids to directories; otherwise ``$AZION_AI_MODELS_DIR/<model_id>`` is
+    used. Models load on first use (or :meth:`load`) and stay loaded until :meth:`close`.
+    """
+
+    backend_name = "local"
+
+    def __init__(
+        self,
+        models: Mapping[str, str | os.PathLike[str]] | None = None,
+        device: str = "auto",
+        *,
+        image_policy: ImagePolicy | None = None,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        min_image_pixels: int | None = None,
+        max_image_tiles: int = DEFAULT_MAX_IMAGE_TILES,
+        image_loader: ImageLoader | None = None,
+    ) -> None:
+        if device not in ("auto", "cpu") and not device.startswith("cuda"):
+            raise ValueError(f"device must be 'cuda', 'cpu' or 'auto', got {device!r}")
+        self.device = device
+        self._paths = {k: Path(v).expanduser() for k, v in (models or {}).items()}
+        self.images = image_loader or ImageLoader(image_policy)
+        self.max_image_pixels = max_image_pixels
+        self.min_image_pixels = min_image_pixels
+        self.max_image_tiles = max_image_tiles
+        self._workers: dict[str, Any] = {}
+        self._load_locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"LocalBackend(device={self.device!r}, models={sorted(self._paths) or 'from ' + ENV_MODELS_DIR})"
+
+    @property
+    def extra_url_schemes(self) -> tuple[str, ...]:
+        return ("file",) if self.images.policy.allowed_local_dir else ()
+
+    # -- loading ------------------------------------------------------------------------------
+
+    def model_path(self, model_id: str) -> Path:
+        if model_id in self._paths:
+            return self._paths[model_id]
+        root = os.environ.get(ENV_MODELS_DIR)
+        if root:
+            return Path(root).expanduser() / model_id
+        raise ModelLoadError(
+            f"no weights configured for {model_id!r}: pass AI(backend='local', models={{{model_id!r}: '/path'}}) "
+            f"or set {ENV_MODELS_DIR} to a directory holding {model_id}/"
+        )
+
+    def load(self, model_id: str) -> None:
+        """Load ``model_id`` now rather than on its first request."""
+        self._worker(get_model(model_id))
+
+    def _worker(self, model: ModelInfo) -> Any:
+        if self._closed:
+            raise LocalBackendError("this local backend is closed")
+        worker = self._workers.get(model.id)
+        if worker is not None:
+            return worker
+        with self._lock:
+            lock = self._load_locks.setdefault(model.id, threading.Lock())
+        with lock:
+            worker = self._workers.get(model.id)
+            if worker is None:
+                if model.family is None:
+                    raise ModelLoadError(f"model {model.id!r} has no local architecture (ModelInfo.family)")
+                from ._engine import ModelWorker
+                from ._loading import load_model
+
+                loaded = load_model(model.id, model.family, self.model_path(model.id), self.device)
+                worker = ModelWorker(loaded, {})
+                self._workers[model.id] = worker
+        return worker
+
+    def close(self) -> None:
+        """Stop the workers and free the models' memory."""
+        self._closed = True
+        workers, self._workers = self._workers, {}
+        for worker in workers.values():
+            worker.stop()
+        del workers
+        gc.collect()
+        try:
+            import sys
+
+            torch = sys.modules.get("torch")
+            if torch is not None and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # pragma: no cover
+            pass
+
+    async def aclose(self) -> None:
+        await anyio.to_thread.run_sync(self.close)
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def _job(self, request: ChatRequest, emit: Any) -> tuple[Any, Any]:
+        from ._engine import Job, SamplingParams
+
+        model = request.model
+        worker = self._worker(model)
+        payload = request.payload
+        conversation, image_refs = build_conversation(payload["messages"], payload.get("tools"))
+        images = self.images.load_all(image_refs)
+        job = Job(
+            model=model,
+            conversation=conversation,
+            images=images,
+            params=SamplingParams.from_payload(payload),
+            tools=bool(payload.get("tools")),
+            stream=request.stream,
+            emit=emit,
+            image_limits={
+                "max_pixels": self.max_image_pixels,
+                "min_pixels": self.min_image_pixels,
+                "max_tiles": self.max_image_tiles,
+            },
+        )
+        return worker, job
+
+    def handle_request(self, request: ChatRequest) -> TransportResponse:
+        events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        worker, job = self._job(request, events.put)
+        worker.submit(job)
+        kind, value = events.get()
+        if kind == "error":
+            raise _public(value)
+        if not request.stream:
+            kind, value = events.get()
+            while kind == "chunk":
+                kind, value = events.get()
+            if kind == "error":
+                raise _public(value)
+            return TransportResponse(body=value)
+
+        def chunks() -> Iterator[dict[str, Any]]:
+            try:
+                while True:
+                    kind, value = events.get()
+                    if kind == "chunk":
+                        yield value
+                    elif kind == "done":
+                        return
+                    else:
+                        raise _public(value)
+            finally:
+                job.cancel()
+
+        return TransportResponse(events=chunks(), close=job.cancel)
+
+    async def handle_async_request(self, request: ChatRequest) -> AsyncTransportResponse:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+        def emit(item: tuple[str, Any]) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, item)
+            except RuntimeError:  # the loop is gone: nobody is listening any more
+                job.cancel()
+
+        # model loading and image fetching block: keep them off the event loop
+        worker, job = await anyio.to_thread.run_sync(self._job, request, emit)
+        worker.submit(job)
+        try:
+            kind, value = await events.get()
+            if kind == "error":
+                raise _public(value)
+            if not request.stream:
+                kind, value = await events.get()
+                while kind == "chunk":
+                    kind, value = await events.get()
+                if kind == "error":
+                    raise _public(value)
+                return AsyncTransportResponse(body=value)
+        except BaseException:
+            job.cancel()
+            raise
+
+        async def chunks() -> AsyncIterator[dict[str, Any]]:
+            try:
+                while True:
+                    kind, value = await events.get()
+                    if kind == "chunk":
+                        yield value
+                    elif kind == "done":
+                        return
+                    else:
+                        raise _public(value)
+            finally:
+                job.cancel()
+
+        async def aclose() -> None:
+            job.cancel()
+
+        return AsyncTransportResponse(events=chunks(), aclose=aclose)
+
+
+def _public(exc: BaseException) -> BaseException:
+    """Errors from the worker as the SDK's own: ours pass through, anything else is wrapped."""
+    from .._exceptions import AzionAIError
+
+    if isinstance(exc, AzionAIError):
+        return exc
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    if type(exc).__name__ == "OutOfMemoryError":
+        return LocalBackendError(f"out of memory while generating; try fewer or smaller images or a lower max_tokens ({message[:200]})")
+    return LocalBackendError(f"generation failed: {type(exc).__name__}: {message[:300]}")

@@ -1,0 +1,377 @@
+"""Generation: one worker thread owns each loaded model and is fed by a queue.
+
+Layers, as in mlx-lm: a token step (transformers' ``generate`` calling our sink once per token),
+a stream of responses (chunk dicts built from those tokens as they come), and a full response
+(the same builder's final state). The worker does all tokenizer and model work, so nothing that
+touches the model runs on two threads at once; callers only read the events a job emits.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._exceptions import LocalBackendError, ValidationError, ValidationIssue
+from .._models import ModelInfo
+from ._chat import IncrementalDecoder, ToolCallParser
+from ._loading import LoadedModel
+
+log = logging.getLogger("azion_ai")
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    n: int
+    presence_penalty: float
+    frequency_penalty: float
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> SamplingParams:
+        return cls(
+            max_tokens=payload.get("max_tokens"),
+            temperature=payload.get("temperature"),
+            top_p=payload.get("top_p"),
+            n=int(payload.get("n", 1) or 1),
+            presence_penalty=float(payload.get("presence_penalty", 0) or 0),
+            frequency_penalty=float(payload.get("frequency_penalty", 0) or 0),
+        )
+
+
+Emit = Callable[[tuple[str, Any]], None]
+
+
+@dataclass
+class Job:
+    """One request for a worker. Events out: ("started", n) ("chunk", dict) ("done", dict) ("error", exc)."""
+
+    model: ModelInfo
+    conversation: list[dict[str, Any]]
+    images: list[Any]
+    params: SamplingParams
+    tools: bool
+    stream: bool
+    emit: Emit
+    image_limits: dict[str, Any] = field(default_factory=dict)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class _Choice:
+    def __init__(self, index: int, tokenizer: Any, tools: bool) -> None:
+        self.index = index
+        self.decoder = IncrementalDecoder(tokenizer)
+        self.parser = ToolCallParser() if tools else None
+        self.content: list[str] = []
+        self.tool_calls: list[dict[str, Any]] = []
+        self.tokens = 0
+        self.finish_reason: str | None = None
+
+    def text(self, piece: str, final: bool = False) -> dict[str, Any] | None:
+        """The delta for a piece of generated text (content and/or tool calls), or None."""
+        if self.parser is None:
+            content, calls = piece, []
+        else:
+            parsed = self.parser.feed(piece)
+            if final:
+                rest = self.parser.finish()
+                parsed.content += rest.content
+                parsed.tool_calls += rest.tool_calls
+            content, calls = parsed.content, parsed.tool_calls
+            if (self.tool_calls or calls) and not content.strip():
+                content = ""
+        delta: dict[str, Any] = {}
+        if content:
+            self.content.append(content)
+            delta["content"] = content
+        if calls:
+            start = len(self.tool_calls)
+            self.tool_calls.extend(calls)
+            delta["tool_calls"] = [{"index": start + k, **call} for k, call in enumerate(calls)]
+        return delta or None
+
+
+class ResponseBuilder:
+    """Token ids in; chunk dicts (for streams) and the final completion dict out."""
+
+    def __init__(self, loaded: LoadedModel, model_id: str, n: int, tools: bool, max_tokens: int, prompt_tokens: int) -> None:
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model_id = model_id
+        self.eos = set(loaded.eos_token_ids)
+        self.max_tokens = max_tokens
+        self.prompt_tokens = prompt_tokens
+        self.choices = [_Choice(i, loaded.tokenizer, tools) for i in range(n)]
+
+    def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
+        chunk: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model_id,
+            "choices": choices,
+        }
+        if usage is not None:
+            chunk["usage"] = usage
+        return chunk
+
+    def first_chunk(self) -> dict[str, Any]:
+        return self._chunk(
+            [{"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None} for c in self.choices]
+        )
+
+    def step(self, row_ids: Sequence[int]) -> dict[str, Any] | None:
+        out = []
+        for choice, tid in zip(self.choices, row_ids):
+            if choice.finish_reason is not None:
+                continue
+            choice.tokens += 1
+            if tid in self.eos:
+                choice.finish_reason = "stop"
+                continue
+            delta = choice.text(choice.decoder.add(int(tid)))
+            if choice.tokens >= self.max_tokens:
+                choice.finish_reason = "length"
+            if delta:
+                out.append({"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": None})
+        return self._chunk(out) if out else None
+
+    @property
+    def all_finished(self) -> bool:
+        return all(c.finish_reason is not None for c in self.choices)
+
+    def usage(self) -> dict[str, Any]:
+        completion = sum(c.tokens for c in self.choices)
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+            "prompt_tokens_details": None,
+        }
+
+    def finish(self) -> list[dict[str, Any]]:
+        chunks: list[dict[str, Any]] = []
+        last = []
+        for choice in self.choices:
+            delta = choice.text(choice.decoder.flush(), final=True)
+            if choice.finish_reason is None:
+                choice.finish_reason = "length" if choice.tokens >= self.max_tokens else "stop"
+            if choice.tool_calls and choice.finish_reason == "stop":
+                choice.finish_reason = "tool_calls"
+            if delta:
+                chunks.append(self._chunk([{"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": None}]))
+            last.append({"index": choice.index, "delta": {}, "logprobs": None, "finish_reason": choice.finish_reason, "stop_reason": None})
+        chunks.append(self._chunk(last, usage=self.usage()))
+        return chunks
+
+    def completion(self) -> dict[str, Any]:
+        choices = []
+        for c in self.choices:
+            content = "".join(c.content)
+            choices.append(
+                {
+                    "index": c.index,
+                    "message": {
+                        "role": "assistant",
+                        "reasoning_content": None,
+                        "content": content if content or not c.tool_calls else None,
+                        "tool_calls": c.tool_calls,
+                    },
+                    "logprobs": None,
+                    "finish_reason": c.finish_reason,
+                    "stop_reason": None,
+                }
+            )
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model_id,
+            "choices": choices,
+            "usage": self.usage(),
+            "prompt_logprobs": None,
+        }
+
+
+class _PenaltyProcessor:
+    """OpenAI presence/frequency penalties over the generated tokens (not repetition_penalty)."""
+
+    def __init__(self, prompt_len: int, presence: float, frequency: float) -> None:
+        self.prompt_len = prompt_len
+        self.presence = presence
+        self.frequency = frequency
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        generated = input_ids[:, self.prompt_len :]
+        if generated.shape[1] == 0:
+            return scores
+        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+
+
+class _Sink:
+    """Receives each step's tokens from ``generate`` (the streamer protocol) and stops on cancel."""
+
+    def __init__(self, job: Job, builder: ResponseBuilder) -> None:
+        self.job = job
+        self.builder = builder
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True  # generate() first hands over the prompt
+            return
+        rows = value.reshape(-1).tolist()
+        chunk = self.builder.step(rows)
+        if chunk is not None and self.job.stream:
+            self.job.emit(("chunk", chunk))
+
+    def end(self) -> None:
+        return None
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:  # StoppingCriteria
+        import torch
+
+        stop = self.job.cancelled.is_set() or self.builder.all_finished
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+class ModelWorker:
+    """The one thread that runs a loaded model; requests wait in its queue."""
+
+    def __init__(self, loaded: LoadedModel, options: Mapping[str, Any]) -> None:
+        self.loaded = loaded
+        self.options = dict(options)
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name=f"azion-ai-{loaded.model_id}", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        if not self._thread.is_alive():
+            raise LocalBackendError(f"the worker for {self.loaded.model_id!r} has stopped (backend closed?)")
+        self._queue.put(job)
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            if job.cancelled.is_set():
+                job.emit(("error", LocalBackendError("request was cancelled before it started")))
+                continue
+            try:
+                self._run(job)
+            except BaseException as exc:  # noqa: BLE001 - every failure goes to the caller
+                job.emit(("error", exc))
+                self._after_error(exc)
+
+    def _after_error(self, exc: BaseException) -> None:
+        log.warning("generation failed on %s: %s", self.loaded.model_id, type(exc).__name__)
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # pragma: no cover
+            pass
+
+    def _prepare(self, job: Job) -> Any:
+        processor = self.loaded.processor
+        text = processor.apply_chat_template(job.conversation, add_generation_prompt=True, tokenize=False)
+        kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
+        if job.images:
+            kwargs["images"] = job.images
+            limits = job.image_limits
+            if self.loaded.family == "qwen2_5_vl":
+                size = dict(processor.image_processor.size)
+                size["longest_edge"] = limits["max_pixels"]
+                if limits.get("min_pixels") is not None:
+                    size["shortest_edge"] = limits["min_pixels"]
+                size["shortest_edge"] = min(size["shortest_edge"], size["longest_edge"])
+                kwargs["size"] = size
+            elif self.loaded.family == "internvl":
+                kwargs["max_patches"] = limits["max_tiles"]
+        return processor(**kwargs)
+
+    def _run(self, job: Job) -> None:
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+        loaded = self.loaded
+        inputs = self._prepare(job)
+        prompt_len = int(inputs["input_ids"].shape[1])
+        context = job.model.context_length
+        params = job.params
+        if params.max_tokens is not None and prompt_len + params.max_tokens > context:
+            raise ValidationError(
+                job.model.id,
+                [ValidationIssue("max_tokens", f"the prompt is {prompt_len} tokens; with max_tokens {params.max_tokens} that exceeds the context length of {context}")],
+            )
+        max_tokens = params.max_tokens if params.max_tokens is not None else context - prompt_len
+        if max_tokens < 1:
+            raise ValidationError(
+                job.model.id, [ValidationIssue("messages", f"the prompt is {prompt_len} tokens, which fills the context length of {context}")]
+            )
+        builder = ResponseBuilder(loaded, job.model.id, params.n, job.tools, max_tokens, prompt_len)
+        job.emit(("started", prompt_len))
+        if job.stream:
+            job.emit(("chunk", builder.first_chunk()))
+
+        temperature, top_p = params.temperature, params.top_p
+        top_k = 0
+        if temperature is None and top_p is None:
+            defaults = loaded.generation_defaults
+            temperature, top_p, top_k = defaults.get("temperature"), defaults.get("top_p"), defaults.get("top_k") or 0
+        temperature = 1.0 if temperature is None else float(temperature)
+        sample = temperature > 0
+        # Every sampling field is set explicitly: transformers fills unset ones from the
+        # checkpoint's generation_config (Qwen's has repetition_penalty 1.05, top_k 1).
+        config = GenerationConfig(
+            max_new_tokens=max_tokens,
+            do_sample=sample,
+            temperature=temperature if sample else 1.0,
+            top_p=(1.0 if top_p is None else float(top_p)) if sample else 1.0,
+            top_k=top_k if sample else 50,
+            num_return_sequences=params.n,
+            eos_token_id=loaded.eos_token_ids,
+            pad_token_id=loaded.pad_token_id,
+            repetition_penalty=1.0,
+        )
+        sink = _Sink(job, builder)
+        processors = LogitsProcessorList()
+        if params.presence_penalty or params.frequency_penalty:
+            processors.append(_PenaltyProcessor(prompt_len, params.presence_penalty, params.frequency_penalty))
+        model_inputs = {k: v.to(loaded.device) for k, v in inputs.items()}
+        if "pixel_values" in model_inputs and loaded.model.dtype.is_floating_point:
+            model_inputs["pixel_values"] = model_inputs["pixel_values"].to(loaded.model.dtype)
+        with torch.inference_mode():
+            loaded.model.generate(
+                **model_inputs,
+                generation_config=config,
+                logits_processor=processors,
+                stopping_criteria=StoppingCriteriaList([sink]),
+                streamer=sink,
+            )
+        if job.cancelled.is_set():
+            job.emit(("error", LocalBackendError("request was cancelled")))
+            return
+        for chunk in builder.finish():
+            if job.stream:
+                job.emit(("chunk", chunk))
+        job.emit(("done", builder.completion()))

@@ -1,0 +1,190 @@
+"""Loading a model directory: checks that name the missing file or wrong field, then transformers.
+
+Qwen2.5-VL-AWQ loads its 4-bit layers through gptqmodel (the only AWQ path in transformers 5).
+The published checkpoint says ``modules_to_not_convert: ["visual"]``, but transformers 5 keeps
+the vision tower at ``model.visual``: left as it is, the vision layers are swapped for AWQ layers
+with no weights and image logits come out NaN. The config is corrected here before loading.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._exceptions import MissingDependencyError, ModelLoadError
+
+log = logging.getLogger("azion_ai")
+
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_FAMILY_TYPES = {"qwen2_5_vl": ("qwen2_5_vl",), "internvl": ("internvl",)}
+
+
+def import_torch() -> Any:
+    try:
+        import torch
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "the local backend needs the 'local' extra: pip install 'azion-ai[local]' "
+            f"(missing: {exc.name})"
+        ) from None
+    return torch
+
+
+@dataclass
+class LoadedModel:
+    """A model, its processor, and the facts generation needs about them."""
+
+    model_id: str
+    family: str
+    path: Path
+    model: Any
+    processor: Any
+    device: Any
+    dtype: Any
+    eos_token_ids: list[int]
+    pad_token_id: int
+    generation_defaults: dict[str, Any] = field(default_factory=dict)
+    adapters: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+
+def pick_device(device: str) -> tuple[Any, Any]:
+    """(torch.device, dtype) for "cuda", "cpu" or "auto"."""
+    torch = import_torch()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError("device='cuda' was asked for, but torch sees no CUDA device; use device='cpu' or 'auto'")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dtype = torch.float32
+    return dev, dtype
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    config_file = path / "config.json"
+    if not path.exists():
+        raise ModelLoadError(f"model directory {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise ModelLoadError(f"{str(path)!r} is not a directory")
+    if not config_file.is_file():
+        raise ModelLoadError(f"{str(path)!r} has no config.json: is it a model directory?")
+    try:
+        config: dict[str, Any] = json.loads(config_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ModelLoadError(f"{config_file} is not valid JSON: {exc}") from None
+    return config
+
+
+def check_directory(path: Path, family: str) -> dict[str, Any]:
+    """Fail early, naming the file or field, rather than deep inside transformers."""
+    config = _read_config(path)
+    model_type = config.get("model_type")
+    if family == "internvl" and model_type == "internvl_chat":
+        raise ModelLoadError(
+            f"{str(path)!r} is an original-layout InternVL checkpoint (model_type 'internvl_chat', remote "
+            "code). Use the transformers-native layout instead: the 'OpenGVLab/InternVL3-1B-hf' checkpoint, "
+            "or convert with transformers' models/internvl/convert_internvl_weights_to_hf.py."
+        )
+    if model_type not in _FAMILY_TYPES[family]:
+        raise ModelLoadError(
+            f"{path / 'config.json'}: model_type is {model_type!r}, but this model needs "
+            f"{' or '.join(map(repr, _FAMILY_TYPES[family]))}"
+        )
+    if not any((path / name).is_file() for name in _WEIGHT_FILES):
+        raise ModelLoadError(f"{str(path)!r} has no weights ({' / '.join(_WEIGHT_FILES[:2])})")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        missing = sorted(s for s in shards if not (path / s).is_file())
+        if missing:
+            raise ModelLoadError(f"{str(path)!r} is incomplete: missing weight shard(s) {', '.join(missing)}")
+    if not (path / "tokenizer.json").is_file() and not (path / "vocab.json").is_file():
+        raise ModelLoadError(f"{str(path)!r} has no tokenizer (tokenizer.json)")
+    if not any((path / n).is_file() for n in ("preprocessor_config.json", "processor_config.json")):
+        raise ModelLoadError(f"{str(path)!r} has no image processor config (preprocessor_config.json)")
+    quant = config.get("quantization_config")
+    if quant and quant.get("quant_method") not in ("awq", None):
+        raise ModelLoadError(
+            f"{path / 'config.json'}: quantization_config.quant_method {quant.get('quant_method')!r} is not "
+            "supported here (AWQ or unquantized)"
+        )
+    return config
+
+
+def load_model(model_id: str, family: str, path: str | os.PathLike[str], device: str) -> LoadedModel:
+    torch = import_torch()
+    from transformers import AutoConfig, AutoProcessor, GenerationConfig
+
+    directory = Path(path).expanduser()
+    raw = check_directory(directory, family)
+    dev, dtype = pick_device(device)
+    config = AutoConfig.from_pretrained(str(directory))
+    kwargs: dict[str, Any] = {"config": config}
+    quant = raw.get("quantization_config") or {}
+    if quant.get("quant_method") == "awq":
+        try:
+            import gptqmodel  # noqa: F401
+        except ImportError:
+            raise MissingDependencyError(
+                "this checkpoint is AWQ-quantized, which transformers loads only through gptqmodel: "
+                "pip install 'azion-ai[local]'"
+            ) from None
+        qc = config.quantization_config
+        qc = qc if isinstance(qc, dict) else qc.to_dict()
+        skip = list(qc.get("modules_to_not_convert") or [])
+        for name in ("visual", "model.visual", "lm_head"):
+            if name not in skip:
+                skip.append(name)
+        qc["modules_to_not_convert"] = skip
+        if dev.type == "cpu":
+            qc["backend"] = "torch_awq"  # the exact CPU kernel (~1e-3 of a dequantized reference)
+            dtype = torch.float16 if dtype == torch.float16 else torch.float32
+        else:
+            dtype = torch.float16  # AWQ CUDA kernels take fp16 activations
+        config.quantization_config = qc
+    if family == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLForConditionalGeneration as model_cls
+    else:
+        from transformers import InternVLForConditionalGeneration as model_cls
+    try:
+        model = model_cls.from_pretrained(str(directory), dtype=dtype, device_map=str(dev), **kwargs)
+        processor = AutoProcessor.from_pretrained(str(directory))
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"could not load {model_id!r} from {str(directory)!r}: {exc}") from None
+    model.eval()
+    gen = getattr(model, "generation_config", None) or GenerationConfig()
+    eos = gen.eos_token_id if gen.eos_token_id is not None else config.get_text_config().eos_token_id
+    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+    im_end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end not in eos_ids:
+        eos_ids.append(im_end)
+    pad = gen.pad_token_id if gen.pad_token_id is not None else processor.tokenizer.pad_token_id
+    defaults = {
+        k: getattr(gen, k)
+        for k in ("temperature", "top_p", "top_k")
+        if getattr(gen, k, None) is not None and getattr(gen, "do_sample", False)
+    }
+    log.info("loaded %s from %s on %s (%s)", model_id, directory, dev, str(dtype).replace("torch.", ""))
+    return LoadedModel(
+        model_id=model_id,
+        family=family,
+        path=directory,
+        model=model,
+        processor=processor,
+        device=dev,
+        dtype=dtype,
+        eos_token_ids=eos_ids,
+        pad_token_id=pad if pad is not None else eos_ids[0],
+        generation_defaults=defaults,
+    )

@@ -1,0 +1,405 @@
+"""Tiny random-weight checkpoints of the two real architectures, built in code.
+
+No model hub is reachable from the machines this project runs on, so the demo and the tests
+build small checkpoints that have the real layout on disk: a byte-level BPE tokenizer trained
+here with the models' special tokens, a processor with the real image processors and chat
+templates, Qwen2.5-VL with its language-model layers packed into AWQ GEMM format (the vision
+tower left in fp16, listed in ``modules_to_not_convert: ["visual"]`` exactly as the real
+checkpoint does), and InternVL3 in the transformers-native ``-hf`` layout. They load through the
+same code path as a user's real directory. Their text is noise: the weights are random.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+BUILD_VERSION = "3"
+
+QWEN_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+QWEN_ADDED = ["<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]
+INTERNVL_ADDED = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>", "<video>"]
+
+QWEN_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}"
+    "{% elif content['type'] == 'video' %}{{ '<video>\n' }}{% elif content['type'] == 'text' %}{{ content['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}{{'<|im_end|>\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_CORPUS = """
+The quick brown fox jumps over the lazy dog. Paris is the capital of France, Berlin of Germany,
+Madrid of Spain, Rome of Italy, Lisbon of Portugal and Vienna of Austria. What is in this image?
+A cat sits on a red sofa next to a window. The weather in London is cloudy with light rain.
+You are a helpful assistant with access to tools. Name the european capitals. Hello, world!
+{"name": "get_weather", "arguments": {"location": "London"}} function call result answer.
+Numbers 0 1 2 3 4 5 6 7 8 9 10 100 1000. Olá, você está bem? Ça va très bien, merci. 日本語 中文 😀
+"""
+
+
+def _tokenizer(extra: list[str], named: dict[str, str] | None = None) -> Any:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    bpe.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    state = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    tok = Qwen2Tokenizer(
+        vocab=state["vocab"],
+        merges=merges,
+        unk_token=None,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens=named or {},
+    )
+    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS}, replace_extra_special_tokens=False)
+    tok.add_tokens(extra, special_tokens=False)
+    tok.model_max_length = 32768
+    return tok
+
+
+def _randomise(model: Any, std: float, seed: int) -> None:
+    """N(0, std) weights: a larger spread than the usual 0.02 so greedy output varies by prompt."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+            elif name.endswith("bias"):
+                p.zero_()
+
+
+def _shrink_special_rows(model: Any, token_ids: list[int]) -> None:
+    """Make special tokens rare choices so the tiny model rarely stops at once."""
+    import torch
+
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        for tid in token_ids:
+            emb[tid] *= 0.05
+        head = model.get_output_embeddings()
+        if head is not None and head.weight.data_ptr() != emb.data_ptr():
+            for tid in token_ids:
+                head.weight[tid] *= 0.05
+
+
+def pack_awq(weight: Any, group_size: int) -> tuple[Any, Any, Any, Any]:
+    """Quantize a [out, in] weight to AWQ GEMM format; also return the dequantized weight.
+
+    qweight int32 [in, out/8], qzeros int32 [in/g, out/8], scales fp16 [in/g, out]; eight
+    4-bit values per int32 in the order [0, 2, 4, 6, 1, 3, 5, 7].
+    """
+    import torch
+
+    out_f, in_f = weight.shape
+    w = weight.detach().float().t().contiguous()  # [in, out]
+    groups = w.reshape(in_f // group_size, group_size, out_f)
+    w_min = groups.amin(dim=1)
+    w_max = groups.amax(dim=1)
+    scales = ((w_max - w_min).clamp(min=1e-5) / 15).half()
+    zeros = torch.clamp(torch.round(-w_min / scales.float()), 0, 15)
+    q = torch.clamp(torch.round(groups / scales.float()[:, None, :]) + zeros[:, None, :], 0, 15)
+    dequant = ((q - zeros[:, None, :]) * scales.float()[:, None, :]).reshape(in_f, out_f).t().contiguous()
+    q = q.reshape(in_f, out_f).to(torch.int32)
+    order = [0, 2, 4, 6, 1, 3, 5, 7]
+
+    def pack(values: Any) -> Any:
+        rows, cols = values.shape
+        packed = torch.zeros(rows, cols // 8, dtype=torch.int32)
+        for col in range(cols // 8):
+            for i, src in enumerate(order):
+                packed[:, col] |= values[:, col * 8 + src].to(torch.int32) << (4 * i)
+        return packed
+
+    return pack(q), pack(zeros.to(torch.int32)), scales, dequant
+
+
+def _tiny_qwen_config(tok: Any, vocab_size: int) -> dict[str, Any]:
+    ids = tok.convert_tokens_to_ids
+    return {
+        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+        "model_type": "qwen2_5_vl",
+        "attention_dropout": 0.0,
+        "bos_token_id": ids("<|endoftext|>"),
+        "eos_token_id": ids("<|im_end|>"),
+        "pad_token_id": ids("<|endoftext|>"),
+        "vision_start_token_id": ids("<|vision_start|>"),
+        "vision_end_token_id": ids("<|vision_end|>"),
+        "vision_token_id": ids("<|vision_pad|>"),
+        "image_token_id": ids("<|image_pad|>"),
+        "video_token_id": ids("<|video_pad|>"),
+        "hidden_act": "silu",
+        "hidden_size": 64,
+        "initializer_range": 0.02,
+        "intermediate_size": 128,
+        "max_position_embeddings": 32768,
+        "max_window_layers": 2,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0,
+        "sliding_window": 32768,
+        "tie_word_embeddings": True,
+        "torch_dtype": "float16",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": vocab_size,
+        "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+        "vision_config": {
+            "depth": 2,
+            "hidden_act": "silu",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "in_chans": 3,
+            "out_hidden_size": 64,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "spatial_patch_size": 14,
+            "window_size": 112,
+            "fullatt_block_indexes": [1],
+            "tokens_per_second": 2,
+            "temporal_patch_size": 2,
+        },
+    }
+
+
+AWQ_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def build_qwen25_vl_awq(path: str | os.PathLike[str], *, seed: int = 0, group_size: int = 32) -> Path:
+    """A tiny Qwen2.5-VL-Instruct-AWQ directory: AWQ GEMM 4-bit LM layers, fp16 vision tower.
+
+    Also writes ``reference/``: the same model with every AWQ layer dequantized (fp32), used to
+    check that loading the packed layers gives the same logits.
+    """
+    import torch
+    from safetensors.torch import save_file
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _tokenizer(QWEN_ADDED)
+    vocab_size = ((len(tok) + 63) // 64) * 64
+    raw_config = _tiny_qwen_config(tok, vocab_size)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**raw_config)).eval()
+    _randomise(model, 0.2, seed)
+    _shrink_special_rows(model, [tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS + QWEN_ADDED])
+
+    tensors: dict[str, Any] = {}
+    reference: dict[str, Any] = {}
+    for name, tensor in model.state_dict().items():
+        # The published checkpoint predates transformers 5: its keys are model.layers.*,
+        # visual.*; transformers maps them onto model.language_model.* / model.visual.*.
+        old = name.replace("model.language_model.", "model.").replace("model.visual.", "visual.")
+        if old == "lm_head.weight":
+            continue  # tied to the embeddings
+        module, _, leaf = old.rpartition(".")
+        if leaf == "weight" and module.split(".")[-1] in AWQ_LINEARS and old.startswith("model.layers."):
+            qweight, qzeros, scales, dequant = pack_awq(tensor, group_size)
+            tensors[f"{module}.qweight"] = qweight
+            tensors[f"{module}.qzeros"] = qzeros
+            tensors[f"{module}.scales"] = scales
+            reference[name] = dequant
+        else:
+            tensors[old] = tensor.half().contiguous()
+            reference[name] = tensor.half().float()
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    raw_config["quantization_config"] = {
+        "bits": 4,
+        "group_size": group_size,
+        "modules_to_not_convert": ["visual"],
+        "quant_method": "awq",
+        "version": "gemm",
+        "zero_point": True,
+    }
+    (out / "config.json").write_text(json.dumps(raw_config, indent=2))
+    (out / "generation_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token_id": raw_config["bos_token_id"],
+                "eos_token_id": [raw_config["eos_token_id"], raw_config["bos_token_id"]],
+                "pad_token_id": raw_config["pad_token_id"],
+                "do_sample": True,
+                "repetition_penalty": 1.05,
+                "temperature": 0.1,
+                "top_k": 1,
+                "top_p": 0.001,
+            },
+            indent=2,
+        )
+    )
+    image_processor = Qwen2VLImageProcessor(min_pixels=4 * 28 * 28, max_pixels=64 * 28 * 28)
+    video_processor = Qwen2VLVideoProcessor()
+    processor = Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=video_processor,
+        chat_template=QWEN_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(str(out))
+
+    ref_dir = out / "reference"
+    ref_dir.mkdir(exist_ok=True)
+    ref_model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**raw_config | {"quantization_config": None}))
+    missing = ref_model.load_state_dict(reference, strict=False)
+    assert not missing.missing_keys or missing.missing_keys == ["lm_head.weight"], missing
+    ref_model.tie_weights()
+    ref_model.save_pretrained(str(ref_dir))
+    processor.save_pretrained(str(ref_dir))
+    return out
+
+
+def build_internvl3(path: str | os.PathLike[str], *, seed: int = 1) -> Path:
+    """A tiny InternVL3 directory in transformers' native (``-hf``) layout, fp32 weights."""
+    import torch
+    from transformers import (
+        GotOcr2ImageProcessor,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLProcessor,
+        InternVLVideoProcessor,
+    )
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    named = {
+        "start_image_token": "<img>",
+        "end_image_token": "</img>",
+        "context_image_token": "<IMG_CONTEXT>",
+        "video_token": "<video>",
+    }
+    tok = _tokenizer(QWEN_ADDED + INTERNVL_ADDED, named)
+    tile = 56  # the real model uses 448-px tiles; 56 keeps the tiny model's image tokens few
+    patch = 14
+    image_seq_length = int((tile // patch) ** 2 * 0.25)
+    vocab_size = ((len(tok) + 63) // 64) * 64
+    config = InternVLConfig(
+        vision_config={
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "image_size": [tile, tile],
+            "patch_size": [patch, patch],
+            "use_mean_pooling": True,
+        },
+        text_config={
+            "model_type": "qwen2",
+            "vocab_size": vocab_size,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 32768,
+            "rope_theta": 1000000.0,
+            "tie_word_embeddings": False,
+            "bos_token_id": tok.convert_tokens_to_ids("<|endoftext|>"),
+            "eos_token_id": tok.convert_tokens_to_ids("<|im_end|>"),
+        },
+        image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"),
+        image_seq_length=image_seq_length,
+        downsample_ratio=0.5,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = InternVLForConditionalGeneration(config).eval()
+    _randomise(model, 0.2, seed)
+    _shrink_special_rows(model, [tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS + QWEN_ADDED + INTERNVL_ADDED])
+    model.generation_config.eos_token_id = [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")]
+    model.save_pretrained(str(out))
+    image_processor = GotOcr2ImageProcessor(
+        size={"height": tile, "width": tile},
+        crop_to_patches=True,
+        min_patches=1,
+        max_patches=12,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    )
+    processor = InternVLProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=InternVLVideoProcessor(),
+        image_seq_length=image_seq_length,
+        chat_template=INTERNVL_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(str(out))
+    return out
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("AZION_AI_CACHE") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "azion_ai" / f"tiny-v{BUILD_VERSION}"
+
+
+def ensure_tiny_checkpoints(cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Path]:
+    """Build (once, then reuse) the tiny checkpoints; returns model id -> directory."""
+    from .._models import INTERNVL3_1B, QWEN25_VL_3B_AWQ
+
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    dirs = {QWEN25_VL_3B_AWQ: root / QWEN25_VL_3B_AWQ, INTERNVL3_1B: root / INTERNVL3_1B}
+    builders = {QWEN25_VL_3B_AWQ: build_qwen25_vl_awq, INTERNVL3_1B: build_internvl3}
+    for model_id, directory in dirs.items():
+        marker = directory / ".built"
+        if marker.exists() and marker.read_text() == BUILD_VERSION:
+            continue
+        tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
+        builders[model_id](tmp)
+        (tmp / ".built").write_text(BUILD_VERSION)
+        if directory.exists():
+            import shutil
+
+            shutil.rmtree(directory)
+        tmp.rename(directory)
+    return dirs
