@@ -27,3 +27,36 @@ def no_sleep(monkeypatch):
     monkeypatch.setattr("azion_ai._remote.time.sleep", delays.append)
     monkeypatch.setattr("azion_ai._remote.anyio.sleep", fake_async_sleep)
     return delays
+
+
+QWEN_ID = "qwen-qwen25-vl-3b-instruct-awq"
+INTERNVL_ID = "opengvlab-internvl3-1b-instruct"
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """Tiny random checkpoints of both architectures, built once per test session."""
+    pytest.importorskip("torch")
+    from azion_ai._local._tiny import ensure_tiny_checkpoints
+
+    return ensure_tiny_checkpoints(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def local_ai(tiny_dirs):
+    from azion_ai import AI
+
+    ai = AI(backend="local", models={k: str(v) for k, v in tiny_dirs.items()}, device="cpu")
+    yield ai
+    ai.close()
+
+
+def png_data_uri(color=(200, 30, 30), size=(64, 48), fmt="PNG") -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, fmt)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()

@@ -132,7 +132,7 @@ class ResponseBuilder:
 
     def step(self, row_ids: Sequence[int]) -> dict[str, Any] | None:
         out = []
-        for choice, tid in zip(self.choices, row_ids):
+        for choice, tid in zip(self.choices, row_ids, strict=True):
             if choice.finish_reason is not None:
                 continue
             choice.tokens += 1

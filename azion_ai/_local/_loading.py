@@ -153,10 +153,12 @@ def load_model(model_id: str, family: str, path: str | os.PathLike[str], device:
         else:
             dtype = torch.float16  # AWQ CUDA kernels take fp16 activations
         config.quantization_config = qc
-    if family == "qwen2_5_vl":
-        from transformers import Qwen2_5_VLForConditionalGeneration as model_cls
-    else:
-        from transformers import InternVLForConditionalGeneration as model_cls
+    import transformers
+
+    model_cls: Any = getattr(
+        transformers,
+        "Qwen2_5_VLForConditionalGeneration" if family == "qwen2_5_vl" else "InternVLForConditionalGeneration",
+    )
     try:
         model = model_cls.from_pretrained(str(directory), dtype=dtype, device_map=str(dev), **kwargs)
         processor = AutoProcessor.from_pretrained(str(directory))

@@ -1,0 +1,486 @@
+"""The local backend on tiny random checkpoints of both architectures, loaded through the real code."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+
+import pytest
+from conftest import INTERNVL_ID, QWEN_ID, png_data_uri
+
+import azion_ai
+from azion_ai import AI, ChatCompletion, Stream
+
+pytestmark = pytest.mark.local
+torch = pytest.importorskip("torch")
+
+HELLO = {"messages": [{"role": "user", "content": "Name the european capitals"}], "max_tokens": 12, "temperature": 0}
+
+
+def image_payload(color, max_tokens=8):
+    return {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is in this image?"},
+                    {"type": "image_url", "image_url": {"url": png_data_uri(color)}},
+                ],
+            }
+        ],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    }
+
+
+def worker(ai, model_id):
+    ai.transport.load(model_id)
+    return ai.transport._workers[model_id]
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def test_qwen_awq_layers_are_quantized_and_vision_tower_is_not(local_ai):
+    model = worker(local_ai, QWEN_ID).loaded.model
+    q_proj = model.model.language_model.layers[0].self_attn.q_proj
+    assert type(q_proj).__module__.startswith("gptqmodel")
+    assert isinstance(model.model.visual.blocks[0].attn.qkv, torch.nn.Linear)
+
+
+def _logits(model, processor, image_color):
+    from PIL import Image
+
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in this image?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[text], images=[Image.new("RGB", (64, 64), image_color)], return_tensors="pt")
+    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    with torch.no_grad():
+        return model(**inputs).logits.float()
+
+
+def test_qwen_image_logits_match_the_unquantized_reference(local_ai, tiny_dirs):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    loaded = worker(local_ai, QWEN_ID).loaded
+    reference = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(tiny_dirs[QWEN_ID] / "reference"), dtype=torch.float32)
+    ours = _logits(loaded.model, loaded.processor, (200, 30, 30))
+    ref = _logits(reference, loaded.processor, (200, 30, 30))
+    assert torch.isfinite(ours).all()
+    assert (ours - ref).abs().max().item() < 0.02 * ref.abs().max().item()
+    other = _logits(reference, loaded.processor, (10, 200, 200))
+    assert (other - ref).abs().max().item() > 10 * (ours - ref).abs().max().item()  # the image matters
+
+
+def test_without_the_visual_fix_the_vision_tower_would_be_broken(tiny_dirs):
+    """The pitfall the loader corrects: the checkpoint's own modules_to_not_convert misses model.visual."""
+    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+
+    config = AutoConfig.from_pretrained(str(tiny_dirs[QWEN_ID]))
+    qc = config.quantization_config
+    assert qc["modules_to_not_convert"] == ["visual"]
+    qc["backend"] = "torch_awq"
+    naive = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(tiny_dirs[QWEN_ID]), config=config, dtype=torch.float32)
+    assert not isinstance(naive.model.visual.blocks[0].attn.qkv, torch.nn.Linear)
+
+
+def test_bad_directories_get_clear_errors(tmp_path, tiny_dirs):
+    from azion_ai._local._loading import check_directory
+
+    with pytest.raises(azion_ai.ModelLoadError, match="does not exist"):
+        check_directory(tmp_path / "nope", "qwen2_5_vl")
+    with pytest.raises(azion_ai.ModelLoadError, match="no config.json"):
+        check_directory(tmp_path, "qwen2_5_vl")
+    (tmp_path / "config.json").write_text("{broken")
+    with pytest.raises(azion_ai.ModelLoadError, match="not valid JSON"):
+        check_directory(tmp_path, "qwen2_5_vl")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(azion_ai.ModelLoadError, match="model_type is 'llama'"):
+        check_directory(tmp_path, "qwen2_5_vl")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "internvl_chat"}))
+    with pytest.raises(azion_ai.ModelLoadError, match="convert_internvl_weights_to_hf"):
+        check_directory(tmp_path, "internvl")
+    (tmp_path / "config.json").write_text((tiny_dirs[INTERNVL_ID] / "config.json").read_text())
+    with pytest.raises(azion_ai.ModelLoadError, match="no weights"):
+        check_directory(tmp_path, "internvl")
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors"}}))
+    with pytest.raises(azion_ai.ModelLoadError, match="model-00001-of-00002"):
+        check_directory(tmp_path, "internvl")
+
+
+def test_unconfigured_model_and_missing_directory_through_run(tmp_path, monkeypatch):
+    ai = AI(backend="local", device="cpu")
+    with pytest.raises(azion_ai.ModelLoadError, match="AZION_AI_MODELS_DIR"):
+        ai.run(QWEN_ID, HELLO)
+    monkeypatch.setenv("AZION_AI_MODELS_DIR", str(tmp_path))
+    with pytest.raises(azion_ai.ModelLoadError, match=str(tmp_path / QWEN_ID)):
+        ai.run(QWEN_ID, HELLO)
+    ai.close()
+
+
+def test_models_dir_from_environment(monkeypatch, tiny_dirs):
+    monkeypatch.setenv("AZION_AI_MODELS_DIR", str(tiny_dirs[INTERNVL_ID].parent))
+    monkeypatch.setenv("AZION_AI_BACKEND", "local")
+    with AI(device="cpu") as ai:
+        assert ai.backend == "local"
+        assert ai.run(INTERNVL_ID, HELLO).choices[0].finish_reason == "length"
+
+
+def test_missing_local_extra_says_which_extra(monkeypatch):
+    from azion_ai._local._loading import import_torch
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(azion_ai.MissingDependencyError, match=r"azion-ai\[local\]"):
+        import_torch()
+
+
+# -- requests -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model_id", [QWEN_ID, INTERNVL_ID])
+def test_greedy_stream_equals_non_stream_and_usage_is_exact(local_ai, model_id):
+    whole = local_ai.run(model_id, HELLO)
+    assert isinstance(whole, ChatCompletion)
+    assert whole.id.startswith("chatcmpl-") and whole.model == model_id and whole.object == "chat.completion"
+    choice = whole.choices[0]
+    assert choice.finish_reason == "length" and whole.usage.completion_tokens == 12
+
+    stream = local_ai.run(model_id, {**HELLO, "stream": True})
+    assert isinstance(stream, Stream)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == choice.message.content and text
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert chunks[-1].usage == whole.usage
+
+    processor = worker(local_ai, model_id).loaded.processor
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "text", "text": HELLO["messages"][0]["content"]}]}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    assert whole.usage.prompt_tokens == len(processor.tokenizer(prompt)["input_ids"])
+    assert whole.usage.total_tokens == whole.usage.prompt_tokens + 12
+
+
+@pytest.mark.parametrize("model_id", [QWEN_ID, INTERNVL_ID])
+def test_an_image_changes_the_output_and_counts_in_usage(local_ai, model_id):
+    red = local_ai.run(model_id, image_payload((220, 20, 20)))
+    blue = local_ai.run(model_id, image_payload((20, 20, 220), max_tokens=8))
+    text_only = local_ai.run(model_id, {**HELLO, "messages": [{"role": "user", "content": "What is in this image?"}]})
+    assert red.choices[0].message.content != blue.choices[0].message.content
+    assert red.usage.prompt_tokens > text_only.usage.prompt_tokens + 1  # the image tokens are counted
+
+
+def test_several_images_across_turns(local_ai):
+    payload = {
+        "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": png_data_uri((1, 2, 3))}}, {"type": "text", "text": "and"}, {"type": "image_url", "image_url": {"url": png_data_uri((200, 2, 3), size=(90, 60))}}]},
+            {"role": "assistant", "content": "Two images."},
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": png_data_uri((9, 99, 3), fmt="JPEG")}}, {"type": "text", "text": "A third?"}]},
+        ],
+        "max_tokens": 4,
+        "temperature": 0,
+    }
+    for model_id in (QWEN_ID, INTERNVL_ID):
+        assert local_ai.run(model_id, payload).usage.completion_tokens == 4
+
+
+def test_qwen_pixel_bound_limits_image_tokens(tiny_dirs):
+    big = image_payload((200, 100, 0))
+    big["messages"][0]["content"][1]["image_url"]["url"] = png_data_uri((200, 100, 0), size=(560, 560))
+    counts = []
+    for max_pixels in (16 * 28 * 28, 64 * 28 * 28):
+        with AI(backend="local", models={QWEN_ID: str(tiny_dirs[QWEN_ID])}, device="cpu", max_image_pixels=max_pixels) as ai:
+            counts.append(ai.run(QWEN_ID, big).usage.prompt_tokens)
+    assert counts[1] - counts[0] >= 40  # 64 vs 16 image tokens (28x28 pixels each)
+
+
+def test_internvl_tile_limit(tiny_dirs):
+    wide = image_payload((0, 100, 200))
+    wide["messages"][0]["content"][1]["image_url"]["url"] = png_data_uri((0, 100, 200), size=(400, 100))
+    counts = []
+    for tiles in (1, 6):
+        with AI(backend="local", models={INTERNVL_ID: str(tiny_dirs[INTERNVL_ID])}, device="cpu", max_image_tiles=tiles) as ai:
+            counts.append(ai.run(INTERNVL_ID, wide).usage.prompt_tokens)
+    assert counts[1] > counts[0]
+
+
+def test_stop_finish_reason_when_the_model_emits_eos(local_ai):
+    loaded = worker(local_ai, INTERNVL_ID).loaded
+    im_end = loaded.tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def favour_eos(module, args, output):
+        output[..., im_end] = 1e4
+        return output
+
+    hook = loaded.model.lm_head.register_forward_hook(favour_eos)
+    try:
+        done = local_ai.run(INTERNVL_ID, HELLO)
+    finally:
+        hook.remove()
+    assert done.choices[0].finish_reason == "stop"
+    assert done.choices[0].message.content == ""
+    assert done.usage.completion_tokens == 1
+
+
+def test_n_choices_and_sampling(local_ai):
+    done = local_ai.run(QWEN_ID, {**HELLO, "n": 3, "temperature": 1.5, "top_p": 0.9, "max_tokens": 6})
+    assert [c.index for c in done.choices] == [0, 1, 2]
+    assert done.usage.completion_tokens == 18
+    assert len({c.message.content for c in done.choices}) > 1
+    stream = local_ai.run(QWEN_ID, {**HELLO, "n": 2, "temperature": 1.0, "max_tokens": 5, "stream": True})
+    final = stream.get_final_completion()
+    assert len(final.choices) == 2 and final.usage.completion_tokens == 10
+
+
+def test_context_overflow_is_refused_before_generating(local_ai):
+    with pytest.raises(azion_ai.ValidationError, match="exceeds the context length of 16384") as info:
+        local_ai.run(INTERNVL_ID, {**HELLO, "max_tokens": 16384})
+    assert info.value.paths == ["max_tokens"]
+    with pytest.raises(azion_ai.ValidationError):
+        local_ai.run(INTERNVL_ID, {**HELLO, "max_tokens": 16384, "stream": True})
+    assert local_ai.run(INTERNVL_ID, HELLO).choices[0].finish_reason == "length"
+
+
+def test_default_max_tokens_is_the_rest_of_the_context(local_ai, monkeypatch):
+    from azion_ai._local import _engine
+
+    seen = []
+    original = _engine.ResponseBuilder.__init__
+
+    def spy(self, loaded, model_id, n, tools, max_tokens, prompt_tokens):
+        seen.append((max_tokens, prompt_tokens))
+        original(self, loaded, model_id, n, tools, max_tokens, prompt_tokens)
+
+    monkeypatch.setattr(_engine.ResponseBuilder, "__init__", spy)
+    stream = local_ai.run(INTERNVL_ID, {"messages": HELLO["messages"], "temperature": 0, "stream": True})
+    next(stream)
+    stream.close()
+    assert seen[0][0] + seen[0][1] == 16384
+
+
+# -- streaming, cancellation, errors, concurrency ---------------------------------------------------
+
+
+def test_closing_a_stream_stops_generation_and_frees_the_model(local_ai, monkeypatch):
+    from azion_ai._local import _engine
+
+    steps = []
+    original = _engine.ResponseBuilder.step
+
+    def counting(self, rows):
+        steps.append(self.id)
+        return original(self, rows)
+
+    monkeypatch.setattr(_engine.ResponseBuilder, "step", counting)
+    stream = local_ai.run(QWEN_ID, {**HELLO, "max_tokens": 3000, "stream": True})
+    first = [next(stream), next(stream)]
+    stream.close()
+    after = local_ai.run(QWEN_ID, HELLO)  # the worker is serial: the closed job has ended by now
+    closed_id = first[0].id
+    assert after.choices[0].finish_reason == "length"
+    assert steps.count(closed_id) < 30
+
+
+def test_breaking_out_of_a_for_loop_cancels(local_ai):
+    for _chunk in local_ai.run(INTERNVL_ID, {**HELLO, "max_tokens": 3000, "stream": True}):
+        break
+    assert local_ai.run(INTERNVL_ID, HELLO).usage.completion_tokens == 12
+
+
+def test_exception_in_the_generating_thread_reaches_the_caller(local_ai, monkeypatch):
+    loaded = worker(local_ai, INTERNVL_ID).loaded
+    calls = []
+
+    def boom(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(loaded.model, "generate", boom)
+    with pytest.raises(azion_ai.LocalBackendError, match="simulated"):
+        local_ai.run(INTERNVL_ID, HELLO)
+    stream = local_ai.run(INTERNVL_ID, {**HELLO, "stream": True})
+    with pytest.raises(azion_ai.LocalBackendError, match="simulated"):
+        list(stream)
+    monkeypatch.undo()
+    assert calls == [1, 1]
+    assert local_ai.run(INTERNVL_ID, HELLO).usage.completion_tokens == 12
+
+
+def test_concurrent_requests_never_mix_outputs(local_ai):
+    prompts = [f"Tell me about {w}" for w in ("Paris", "Rome", "the fox", "London", "cats", "tools")]
+    expected = {p: local_ai.run(QWEN_ID, {**HELLO, "messages": [{"role": "user", "content": p}]}).choices[0].message.content for p in prompts}
+    assert len(set(expected.values())) > 1
+    results: dict[str, str] = {}
+    errors = []
+
+    def one(prompt, stream):
+        try:
+            payload = {**HELLO, "messages": [{"role": "user", "content": prompt}], "stream": stream}
+            out = local_ai.run(QWEN_ID, payload)
+            text = out.get_final_completion().choices[0].message.content if stream else out.choices[0].message.content
+            results[f"{prompt}|{stream}"] = text
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(p, s)) for p in prompts for s in (False, True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    for key, text in results.items():
+        assert text == expected[key.split("|")[0]]
+    assert len(results) == 12
+
+
+async def test_async_local_stream_and_cancel(tiny_dirs):
+    import asyncio
+
+    async with azion_ai.AsyncAI(backend="local", models={INTERNVL_ID: str(tiny_dirs[INTERNVL_ID])}, device="cpu") as aai:
+        whole = await aai.run(INTERNVL_ID, HELLO)
+        stream = await aai.run(INTERNVL_ID, {**HELLO, "stream": True})
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        assert text == whole.choices[0].message.content
+
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        async def consume():
+            s = await aai.run(INTERNVL_ID, {**HELLO, "max_tokens": 3000, "stream": True})
+            async for _ in s:
+                await asyncio.sleep(0)
+
+        tick_task = asyncio.create_task(ticker())
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        tick_task.cancel()
+        assert ticks > 20  # the event loop kept running while the model generated
+        again = await aai.run(INTERNVL_ID, HELLO)
+        assert again.choices[0].message.content == whole.choices[0].message.content
+
+
+async def test_async_concurrent_requests(tiny_dirs):
+    import asyncio
+
+    async with azion_ai.AsyncAI(backend="local", models={INTERNVL_ID: str(tiny_dirs[INTERNVL_ID])}, device="cpu") as aai:
+        prompts = [f"Question {i}" for i in range(6)]
+        sequential = [(await aai.run(INTERNVL_ID, {**HELLO, "messages": [{"role": "user", "content": p}]})).choices[0].message.content for p in prompts]
+        together = await asyncio.gather(*(aai.run(INTERNVL_ID, {**HELLO, "messages": [{"role": "user", "content": p}]}) for p in prompts))
+        assert [c.choices[0].message.content for c in together] == sequential
+
+
+def test_closed_backend_refuses_politely(tiny_dirs):
+    ai = AI(backend="local", models={INTERNVL_ID: str(tiny_dirs[INTERNVL_ID])}, device="cpu")
+    ai.run(INTERNVL_ID, HELLO)
+    ai.close()
+    with pytest.raises(azion_ai.LocalBackendError, match="closed"):
+        ai.run(INTERNVL_ID, HELLO)
+
+
+# -- tools ----------------------------------------------------------------------------------------
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather for a location",
+        "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]},
+    },
+}
+
+
+def test_tool_loop_renders_hermes_prompt(local_ai, monkeypatch):
+    from azion_ai._local import _engine
+
+    prompts = []
+    original = _engine.ModelWorker._prepare
+
+    def spy(self, job):
+        inputs = original(self, job)
+        prompts.append(self.loaded.tokenizer.decode(inputs["input_ids"][0]))
+        return inputs
+
+    monkeypatch.setattr(_engine.ModelWorker, "_prepare", spy)
+    call = {"id": "chatcmpl-tool-1", "type": "function", "function": {"name": "get_weather", "arguments": '{"location": "London"}'}}
+    payload = {
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant with access to tools."},
+            {"role": "user", "content": "What is the weather in London?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "content": "12 C, cloudy", "tool_call_id": "chatcmpl-tool-1"},
+        ],
+        "tools": [WEATHER_TOOL],
+        "max_tokens": 4,
+        "temperature": 0,
+    }
+    local_ai.run(QWEN_ID, payload)
+    prompt = prompts[-1]
+    assert prompt.startswith("<|im_start|>system\nYou are a helpful assistant with access to tools.\n\n# Tools")
+    assert '<tools>\n{"type": "function", "function": {"name": "get_weather"' in prompt
+    assert '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"location": "London"}}\n</tool_call><|im_end|>' in prompt
+    assert "<|im_start|>user\n<tool_response>\n12 C, cloudy\n</tool_response><|im_end|>\n<|im_start|>assistant\n" in prompt
+
+
+REALISTIC = 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"location": "London"}}\n</tool_call>\n<tool_call>\n{"name": "get_time", "arguments": {"tz": "Europe/London"}}\n</tool_call>'
+
+
+def _run_builder(loaded, text, stream_pieces):
+    from azion_ai._local._engine import ResponseBuilder
+
+    ids = loaded.tokenizer(text)["input_ids"] + [loaded.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    builder = ResponseBuilder(loaded, QWEN_ID, 1, True, 1000, 10)
+    for tid in ids:
+        chunk = builder.step([tid])
+        if chunk:
+            stream_pieces.append(chunk)
+    stream_pieces.extend(builder.finish())
+    return builder.completion()
+
+
+def test_tool_calls_parsed_from_real_tokens_whole_and_streamed(local_ai):
+    loaded = worker(local_ai, QWEN_ID).loaded
+    chunks: list = []
+    completion = ChatCompletion.model_validate(_run_builder(loaded, REALISTIC, chunks))
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content == "Let me check.\n"
+    calls = choice.message.tool_calls
+    assert [c.function.name for c in calls] == ["get_weather", "get_time"]
+    assert json.loads(calls[0].function.arguments) == {"location": "London"}
+    assert all(c.id.startswith("chatcmpl-tool-") for c in calls)
+    streamed_content = "".join(d["delta"].get("content", "") for c in chunks for d in c["choices"])
+    assert "<tool" not in streamed_content and streamed_content == "Let me check.\n"
+    deltas = [tc for c in chunks for d in c["choices"] for tc in d["delta"].get("tool_calls", [])]
+    assert [d["index"] for d in deltas] == [0, 1]
+    acc = azion_ai.ChunkAccumulator()
+    for c in chunks:
+        acc.add(azion_ai.ChatCompletionChunk.model_validate(c))
+    assert acc.completion().choices[0].message.tool_calls == calls
+
+
+def test_malformed_tool_call_falls_back_to_content(local_ai):
+    loaded = worker(local_ai, QWEN_ID).loaded
+    text = "<tool_call>\n{not json}\n</tool_call>"
+    completion = _run_builder(loaded, text, [])
+    assert completion["choices"][0]["message"]["content"] == text
+    assert completion["choices"][0]["finish_reason"] == "stop"
+    assert completion["choices"][0]["message"]["tool_calls"] == []
+
+
+def test_tools_request_runs_end_to_end(local_ai):
+    payload = {"messages": [{"role": "user", "content": "What is the weather in London?"}], "tools": [WEATHER_TOOL], "max_tokens": 8, "temperature": 0}
+    whole = local_ai.run(QWEN_ID, payload)
+    streamed = local_ai.run(QWEN_ID, {**payload, "stream": True}).get_final_completion()
+    assert streamed.choices[0].message.content == whole.choices[0].message.content

@@ -1,0 +1,226 @@
+"""Pieces of the local backend that need no model: tool-call parsing, detokenization, penalties, images."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import httpx
+import pytest
+from conftest import png_data_uri
+
+from azion_ai import ImageError
+from azion_ai._local._chat import IncrementalDecoder, ToolCallParser, build_conversation
+from azion_ai._local._images import ImageLoader, ImagePolicy
+
+QWEN_OUTPUTS = [
+    '<tool_call>\n{"name": "get_weather", "arguments": {"location": "London"}}\n</tool_call>',
+    'Sure, checking.\n<tool_call>\n{"name": "get_weather", "arguments": {"location": "São Paulo, BR"}}\n</tool_call>',
+    '<tool_call>\n{"name": "a", "arguments": {}}\n</tool_call>\n<tool_call>\n{"name": "b", "arguments": {"x": [1, 2]}}\n</tool_call>',
+    'Use <tool_call> tags like < this: <tool_call>\n{broken\n</tool_call> done',
+    "Plain answer with a < sign and <tool but no call.",
+    '<tool_call>\n{"name": "late", "arguments": {"q": 1}}',
+]
+
+
+def _parse(pieces):
+    parser = ToolCallParser()
+    content, calls = "", []
+    for piece in pieces:
+        out = parser.feed(piece)
+        content += out.content
+        calls += out.tool_calls
+    out = parser.finish()
+    return content + out.content, [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls + out.tool_calls]
+
+
+@pytest.mark.parametrize("text", QWEN_OUTPUTS)
+def test_tool_call_parsing_is_the_same_at_every_split(text):
+    whole = _parse([text])
+    for cut in range(len(text) + 1):
+        assert _parse([text[:cut], text[cut:]]) == whole, cut
+    assert _parse(list(text)) == whole
+
+
+def test_tool_call_parsing_results():
+    assert _parse([QWEN_OUTPUTS[0]]) == ("", [("get_weather", {"location": "London"})])
+    assert _parse([QWEN_OUTPUTS[1]]) == ("Sure, checking.\n", [("get_weather", {"location": "São Paulo, BR"})])
+    assert _parse([QWEN_OUTPUTS[2]])[1] == [("a", {}), ("b", {"x": [1, 2]})]
+    content, calls = _parse([QWEN_OUTPUTS[3]])
+    assert calls == [] and content == QWEN_OUTPUTS[3]
+    assert _parse([QWEN_OUTPUTS[4]]) == (QWEN_OUTPUTS[4], [])
+    assert _parse([QWEN_OUTPUTS[5]]) == ("", [("late", {"q": 1})])  # stopped before </tool_call>
+
+
+def test_no_partial_tag_is_ever_emitted_as_content():
+    parser = ToolCallParser()
+    emitted = ""
+    for ch in "ok <tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>":
+        emitted += parser.feed(ch).content
+        assert "<" not in emitted.replace("ok ", "", 1) or emitted == "ok "
+    assert emitted == "ok "
+
+
+class ByteTokenizer:
+    """Each id is one UTF-8 byte: the worst case for cutting characters."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def test_incremental_decoder_never_splits_a_character():
+    text = "héllo 😀 世界"
+    decoder = IncrementalDecoder(ByteTokenizer())
+    pieces = [decoder.add(b) for b in text.encode()]
+    pieces.append(decoder.flush())
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces)
+
+
+def test_penalties_follow_openai_semantics():
+    torch = pytest.importorskip("torch")
+    from azion_ai._local._engine import _PenaltyProcessor
+
+    prompt = [[5, 5, 5]]
+    generated = [[1, 1, 2]]
+    ids = torch.tensor([prompt[0] + generated[0]])
+    scores = torch.zeros(1, 6)
+    out = _PenaltyProcessor(3, presence=0.5, frequency=0.25)(ids, scores)
+    assert out[0].tolist() == [0.0, -(0.5 + 2 * 0.25), -(0.5 + 0.25), 0.0, 0.0, 0.0]  # prompt token 5 untouched
+
+
+def test_conversation_groups_tool_results_and_collects_images():
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "https://a/b.png"}}]},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}, {"id": "2", "type": "function", "function": {"name": "g", "arguments": "{}"}}]},
+        {"role": "tool", "content": "A", "tool_call_id": "1"},
+        {"role": "tool", "content": "B", "tool_call_id": "2"},
+    ]
+    conv, images = build_conversation(messages, None)
+    assert images == [("https://a/b.png", "messages[0].content[1].image_url.url")]
+    assert conv[-1] == {"role": "user", "content": [{"type": "text", "text": "<tool_response>\nA\n</tool_response>\n<tool_response>\nB\n</tool_response>"}]}
+    assert conv[1]["content"][0]["text"].count("<tool_call>") == 2
+
+
+def test_import_is_light():
+    code = "import sys, azion_ai; from azion_ai import AI; AI(backend='local'); print(sorted(m for m in ('torch', 'transformers', 'PIL') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# -- images ---------------------------------------------------------------------------------------
+
+pytest.importorskip("PIL")
+
+
+class Recorder(httpx.BaseTransport):
+    def __init__(self, responses=None):
+        self.requests = []
+        self.responses = responses or {}
+
+    def handle_request(self, request):
+        self.requests.append(request)
+        return self.responses.get(request.headers["host"], httpx.Response(404))
+
+
+def loader(resolve, responses=None, **policy):
+    transport = Recorder(responses)
+    return ImageLoader(ImagePolicy(**policy), resolver=lambda host, port: resolve[host], http_transport=transport), transport
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["127.0.0.1", "10.1.2.3", "172.16.0.9", "192.168.1.1", "169.254.169.254", "::1", "fd00::1", "fe80::1", "0.0.0.0", "::ffff:10.0.0.1", "100.64.0.1"],
+)
+def test_private_addresses_are_refused_without_connecting(address):
+    images, transport = loader({"images.example.com": [address]})
+    with pytest.raises(ImageError, match="refused") as info:
+        images.load("http://images.example.com/cat.png", "messages[0].content[0].image_url.url")
+    assert info.value.path == "messages[0].content[0].image_url.url"
+    assert transport.requests == []
+
+
+def test_any_private_answer_among_several_is_refused():
+    images, transport = loader({"mixed.example.com": ["93.184.216.34", "10.0.0.5"]})
+    with pytest.raises(ImageError, match="private"):
+        images.load("https://mixed.example.com/x.png", "p")
+    assert transport.requests == []
+
+
+def test_literal_ip_urls_are_checked_too():
+    images, transport = loader({})
+    with pytest.raises(ImageError, match="link-local"):
+        images.load("http://169.254.169.254/latest/meta-data", "p")
+    assert transport.requests == []
+
+
+def test_redirect_to_private_address_is_refused_on_the_hop():
+    png = png_data_uri().split(",", 1)[1]
+    import base64
+
+    responses = {
+        "public.example.com": httpx.Response(302, headers={"location": "http://internal.example.com/secret.png"}),
+        "internal.example.com": httpx.Response(200, content=base64.b64decode(png), headers={"content-type": "image/png"}),
+    }
+    images, transport = loader({"public.example.com": ["93.184.216.34"], "internal.example.com": ["10.0.0.7"]}, responses)
+    with pytest.raises(ImageError, match="private"):
+        images.load("http://public.example.com/a.png", "p")
+    assert [r.headers["host"] for r in transport.requests] == ["public.example.com"]
+    assert transport.requests[0].url.host == "93.184.216.34"  # connected to the checked address
+
+
+def test_public_fetch_works_and_limits_apply():
+    import base64
+
+    raw = base64.b64decode(png_data_uri(size=(40, 30)).split(",", 1)[1])
+    responses = {
+        "ok.example.com": httpx.Response(200, content=raw, headers={"content-type": "image/png"}),
+        "html.example.com": httpx.Response(200, content=b"<html>", headers={"content-type": "text/html"}),
+        "big.example.com": httpx.Response(200, content=raw * 50, headers={"content-type": "image/png"}),
+    }
+    resolve = {h: ["93.184.216.34"] for h in responses}
+    images, _ = loader(resolve, responses)
+    assert images.load("https://ok.example.com/a.png", "p").size == (40, 30)
+    with pytest.raises(ImageError, match="not an image"):
+        images.load("https://html.example.com/", "p")
+    small, _ = loader(resolve, responses, max_bytes=len(raw) * 2)
+    with pytest.raises(ImageError, match="larger than"):
+        small.load("https://big.example.com/a.png", "p")
+    allow, transport = loader(resolve, responses, allowed_domains=("ok.example.com",))
+    with pytest.raises(ImageError, match="allowed domains"):
+        allow.load("https://html.example.com/", "p")
+    opt_in, _ = loader({"ok.example.com": ["127.0.0.1"]}, responses, allow_private_addresses=True)
+    assert opt_in.load("http://ok.example.com/a.png", "p").size == (40, 30)
+
+
+def test_data_uri_limits_and_decoding():
+    images = ImageLoader(ImagePolicy(max_pixels=100 * 100))
+    assert images.load(png_data_uri(size=(50, 20)), "p").size == (50, 20)
+    with pytest.raises(ImageError, match="base64"):
+        images.load("data:image/png;base64,@@@@", "p")
+    with pytest.raises(ImageError, match="decodable"):
+        images.load("data:image/png;base64,aGVsbG8=", "p")
+    with pytest.raises(ImageError, match="over the limit"):
+        images.load(png_data_uri(size=(200, 200)), "p")
+    with pytest.raises(ImageError, match="not an image"):
+        images.load("data:text/plain;base64,aGVsbG8=", "p")
+    with pytest.raises(ImageError, match="limit is 2"):
+        ImageLoader(ImagePolicy(max_images=2)).load_all([(png_data_uri(), f"m{i}") for i in range(3)])
+
+
+def test_local_files_only_under_the_allowed_directory(tmp_path):
+    import base64
+
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "a.png").write_bytes(base64.b64decode(png_data_uri().split(",", 1)[1]))
+    (tmp_path / "secret.png").write_bytes((allowed / "a.png").read_bytes())
+    (allowed / "link.png").symlink_to(tmp_path / "secret.png")
+    with pytest.raises(ImageError, match="local files are off"):
+        ImageLoader().load((allowed / "a.png").as_uri(), "p")
+    images = ImageLoader(ImagePolicy(allowed_local_dir=str(allowed)))
+    assert images.load((allowed / "a.png").as_uri(), "p").size == (64, 48)
+    for escape in (f"file://{allowed}/../secret.png", (allowed / "link.png").as_uri()):
+        with pytest.raises(ImageError, match="outside the allowed directory"):
+            images.load(escape, "p")
