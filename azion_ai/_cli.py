@@ -1,0 +1,231 @@
+"""The ``azion-ai`` command: run, models, validate, serve, demo.
+
+Errors print one clear line (exit status 1) unless ``--debug`` asks for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import mimetypes
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._exceptions import AzionAIError, ValidationError
+from ._models import get_model, list_models
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _image_url(ref: str) -> str:
+    if ref.startswith(("http://", "https://", "data:")):
+        return ref
+    path = Path(ref).expanduser()
+    if not path.is_file():
+        raise AzionAIError(f"--image {ref!r}: no such file (give a path, an http(s) URL or a data: URI)")
+    media = mimetypes.guess_type(path.name)[0] or "image/png"
+    return f"data:{media};base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _read_json(ref: str) -> Any:
+    try:
+        text = sys.stdin.read() if ref == "-" else Path(ref).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise AzionAIError(f"cannot read {ref!r}: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise AzionAIError(f"{ref!r} is not valid JSON: {exc}") from None
+
+
+def _payload(args: argparse.Namespace) -> dict[str, Any]:
+    if args.json:
+        payload = _read_json(args.json)
+        if not isinstance(payload, dict):
+            raise AzionAIError(f"{args.json!r} must hold a JSON object")
+    else:
+        if args.prompt is None:
+            raise AzionAIError("give a prompt, or a payload with --json FILE")
+        messages: list[dict[str, Any]] = []
+        if args.system:
+            messages.append({"role": "system", "content": args.system})
+        if args.image:
+            content: Any = [{"type": "text", "text": args.prompt}] + [
+                {"type": "image_url", "image_url": {"url": _image_url(ref)}} for ref in args.image
+            ]
+        else:
+            content = args.prompt
+        messages.append({"role": "user", "content": content})
+        payload = {"messages": messages}
+    if args.max_tokens is not None:
+        payload["max_tokens"] = args.max_tokens
+    if args.temperature is not None:
+        payload["temperature"] = args.temperature
+    if args.stream is not None:
+        payload["stream"] = args.stream
+    elif "stream" not in payload:
+        payload["stream"] = True
+    return payload
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from ._client import AI
+
+    if args.backend == "local" or args.model_path:
+        models = {args.model: args.model_path} if args.model_path else None
+        return AI(backend="local", models=models, device=args.device)
+    return AI(base_url=args.base_url)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    get_model(args.model)
+    payload = _payload(args)
+    raw = bool(args.json) or args.jsonl
+    with _client(args) as ai:
+        result = ai.run(args.model, payload)
+        if payload.get("stream"):
+            with result as stream:
+                for chunk in stream:
+                    if raw:
+                        print(chunk.model_dump_json(), flush=True)
+                    else:
+                        for choice in chunk.choices:
+                            if choice.index == 0 and choice.delta.content:
+                                print(choice.delta.content, end="", flush=True)
+                            for call in choice.delta.tool_calls or ():
+                                fn = call.function
+                                print(f"\n[tool call] {fn.name if fn else ''}({fn.arguments if fn else ''})", flush=True)
+            if not raw:
+                print()
+        elif raw:
+            print(result.model_dump_json())
+        else:
+            message = result.choices[0].message
+            print(message.content or "")
+            for call in message.tool_calls:
+                print(f"[tool call] {call.function.name}({call.function.arguments})")
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    rows = [("MODEL", "CONTEXT", "TOOLS", "LORA", "INPUTS", "HUGGING FACE")]
+    for m in list_models():
+        rows.append((m.id, f"{m.context_length // 1024}k", "yes" if m.tool_calling else "no", "yes" if m.lora else "no", "+".join(m.input_modalities), m.hf_repo))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from ._validation import validate_payload
+
+    payload = _read_json(args.payload)
+    model = get_model(args.model)
+    try:
+        validate_payload(model, payload)
+    except ValidationError as exc:
+        for issue in exc.issues:
+            print(f"{args.payload}: {issue}")
+        print(f"{len(exc.issues)} problem(s) for {model.id}", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"{args.payload}: valid for {model.id}")
+    return EXIT_OK
+
+
+def _parse_models(specs: Sequence[str]) -> dict[str, str]:
+    models = {}
+    for spec in specs:
+        model_id, sep, directory = spec.partition("=")
+        if not sep or not directory:
+            raise AzionAIError(f"--model {spec!r}: expected ID=DIR")
+        get_model(model_id)
+        models[model_id] = directory
+    return models
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ._server import serve
+
+    models = _parse_models(args.model)
+    if not models:
+        raise AzionAIError("give at least one --model ID=DIR")
+    api_key = args.api_key or os.environ.get("AZION_AI_SERVER_KEY")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it", file=sys.stderr)
+    serve(models, host=args.host, port=args.port, device=args.device, api_key=api_key)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import main as demo_main
+
+    return demo_main(cache_dir=args.cache_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="azion-ai", description="Azion's edge AI models from Python: run, validate, serve.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a model on a prompt (streams the answer)")
+    run.add_argument("model")
+    run.add_argument("prompt", nargs="?")
+    run.add_argument("--image", action="append", metavar="PATH_OR_URL", help="add an image (repeatable)")
+    run.add_argument("--system", metavar="TEXT")
+    run.add_argument("--json", metavar="FILE", help="the whole payload as JSON ('-' for stdin); prints raw JSON lines")
+    run.add_argument("--jsonl", action="store_true", help="print the raw response / chunks as JSON lines")
+    run.add_argument("--stream", dest="stream", action="store_true", default=None)
+    run.add_argument("--no-stream", dest="stream", action="store_false")
+    run.add_argument("--backend", choices=["remote", "local"], default=None)
+    run.add_argument("--base-url", help="OpenAI-compatible endpoint (default: $AZION_AI_BASE_URL)")
+    run.add_argument("--model-path", metavar="DIR", help="weights directory (implies --backend local)")
+    run.add_argument("--device", default="auto", help="cuda, cpu or auto (local backend)")
+    run.add_argument("--max-tokens", type=int)
+    run.add_argument("--temperature", type=float)
+    run.set_defaults(func=cmd_run)
+
+    models = sub.add_parser("models", help="list the models and their capabilities")
+    models.set_defaults(func=cmd_models)
+
+    validate = sub.add_parser("validate", help="check a payload file against a model's schema (exit 0/1)")
+    validate.add_argument("payload", help="JSON file ('-' for stdin)")
+    validate.add_argument("--model", required=True)
+    validate.set_defaults(func=cmd_validate)
+
+    serve = sub.add_parser("serve", help="an OpenAI-compatible server for local weights")
+    serve.add_argument("--model", action="append", default=[], metavar="ID=DIR", required=True)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", help="require this bearer key (default: $AZION_AI_SERVER_KEY)")
+    serve.add_argument("--device", default="auto")
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="the end-to-end tour: local backend, server and remote transport")
+    demo.add_argument("--cache-dir", default=None, help="where the tiny demo checkpoints are built")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "backend", None) == "local" and args.model_path is None and not os.environ.get("AZION_AI_MODELS_DIR"):
+        parser.error("--backend local needs --model-path DIR or AZION_AI_MODELS_DIR")
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except (AzionAIError, ValueError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"azion-ai: error: {str(exc).strip()}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""An OpenAI-compatible HTTP server in front of the local backend (starlette; run by uvicorn).
+
+``POST /v1/chat/completions`` (whole or SSE ending ``data: [DONE]``), ``GET /v1/models`` and
+``GET /health``. Payloads are validated with the same per-model schemas as ``ai.run``; errors
+use OpenAI's JSON error shape with the matching status. A client that disconnects mid-stream
+stops its generation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from ._client import AsyncAI
+from ._exceptions import (
+    AzionAIError,
+    ImageError,
+    LocalBackendError,
+    ModelLoadError,
+    UnknownModelError,
+    ValidationError,
+)
+from ._models import get_model
+
+log = logging.getLogger("azion_ai.server")
+
+DEFAULT_MAX_BODY = 32 * 1024 * 1024
+
+
+def _error(status: int, message: str, *, type_: str, param: str | None = None, code: Any = None) -> Any:
+    from starlette.responses import JSONResponse
+
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class _ModelState:
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+
+
+class ChatServer:
+    """The app and its state: which models are served, their loading, the API key."""
+
+    def __init__(
+        self,
+        models: Mapping[str, str],
+        *,
+        device: str = "auto",
+        api_key: str | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY,
+        preload: bool = True,
+        client: AsyncAI | None = None,
+        **local_options: Any,
+    ) -> None:
+        for model_id in models:
+            get_model(model_id)  # unknown ids fail at start-up, not on the first request
+        self.models = dict(models)
+        self._api_key = api_key
+        self.max_body_bytes = max_body_bytes
+        self.client = client or AsyncAI(backend="local", models=self.models, device=device, **local_options)
+        self.created = int(time.time())
+        self.states = {m: _ModelState() for m in self.models}
+        self.app = self._build_app()
+        if preload:
+            threading.Thread(target=self._load_all, name="azion-ai-preload", daemon=True).start()
+        else:
+            for state in self.states.values():
+                state.ready.set()
+
+    def __repr__(self) -> str:
+        return f"ChatServer(models={sorted(self.models)})"
+
+    def _load_all(self) -> None:
+        backend = self.client.transport
+        for model_id, state in self.states.items():
+            try:
+                backend.load(model_id)  # type: ignore[attr-defined]
+            except BaseException as exc:  # noqa: BLE001 - reported by /health and to requests
+                state.error = exc
+                log.error("loading %s failed: %s", model_id, exc)
+            finally:
+                state.ready.set()
+
+    def _build_app(self) -> Any:
+        import contextlib
+
+        from starlette.applications import Starlette
+        from starlette.routing import Route
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Any) -> AsyncIterator[None]:
+            yield
+            await self.client.aclose()
+
+        return Starlette(
+            routes=[
+                Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+                Route("/v1/models", self.list_models, methods=["GET"]),
+                Route("/health", self.health, methods=["GET"]),
+            ],
+            lifespan=lifespan,
+        )
+
+    # -- handlers -------------------------------------------------------------------------------
+
+    def _unauthorized(self, request: Any) -> Any:
+        if not self._api_key:
+            return None
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        import hmac
+
+        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), self._api_key.encode()):
+            return _error(401, "missing or invalid API key (send Authorization: Bearer <key>)", type_="authentication_error", code="invalid_api_key")
+        return None
+
+    async def health(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        loading = [m for m, s in self.states.items() if not s.ready.is_set()]
+        failed = {m: str(s.error) for m, s in self.states.items() if s.error is not None}
+        status = "loading" if loading else ("error" if failed else "ok")
+        code = 200 if status == "ok" else 503
+        return JSONResponse({"status": status, "loading": loading, "failed": failed}, status_code=code)
+
+    async def list_models(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        data = []
+        for model_id in self.models:
+            info = get_model(model_id)
+            data.append(
+                {
+                    "id": model_id,
+                    "object": "model",
+                    "created": self.created,
+                    "owned_by": "azion",
+                    "root": info.hf_repo or model_id,
+                    "max_model_len": info.context_length,
+                }
+            )
+        return JSONResponse({"object": "list", "data": data})
+
+    async def _read_body(self, request: Any) -> bytes | Any:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
+            return _error(413, f"request body is larger than {self.max_body_bytes} bytes", type_="invalid_request_error")
+        body = bytearray()
+        async for piece in request.stream():
+            body += piece
+            if len(body) > self.max_body_bytes:
+                return _error(413, f"request body is larger than {self.max_body_bytes} bytes", type_="invalid_request_error")
+        return bytes(body)
+
+    async def chat_completions(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse, StreamingResponse
+
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        raw = await self._read_body(request)
+        if not isinstance(raw, bytes):
+            return raw
+        try:
+            payload = json.loads(raw)
+        except ValueError as exc:
+            return _error(400, f"request body is not valid JSON: {exc}", type_="invalid_request_error")
+        if not isinstance(payload, dict):
+            return _error(400, "request body must be a JSON object", type_="invalid_request_error")
+        model_id = payload.pop("model", None)
+        if not isinstance(model_id, str) or model_id not in self.models:
+            served = ", ".join(sorted(self.models))
+            return _error(404, f"model {model_id!r} is not served here; served: {served}", type_="not_found_error", param="model", code="model_not_found")
+        state = self.states[model_id]
+        if not state.ready.is_set():
+            return _error(503, f"model {model_id!r} is still loading; retry shortly", type_="service_unavailable", code="model_loading")
+        if state.error is not None:
+            return _error(503, f"model {model_id!r} failed to load: {state.error}", type_="service_unavailable", code="model_load_failed")
+        payload.pop("stream_options", None)
+        try:
+            result = await self.client.run(model_id, payload)
+        except BaseException as exc:
+            return self._exception_response(exc)
+        if not payload.get("stream"):
+            return JSONResponse(result.model_dump(mode="json"))  # type: ignore[union-attr]
+        return StreamingResponse(self._sse(result), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    async def _sse(self, stream: Any) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in stream:
+                yield b"data: " + chunk.model_dump_json(exclude_none=False).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+        except AzionAIError as exc:
+            error = {"error": {"message": str(exc), "type": type(exc).__name__, "param": None, "code": None}}
+            yield b"data: " + json.dumps(error).encode() + b"\n\n"
+        finally:
+            await stream.aclose()  # a disconnect cancels this generator: generation stops here
+
+    def _exception_response(self, exc: BaseException) -> Any:
+        if isinstance(exc, ValidationError):
+            first = exc.issues[0].path if exc.issues else None
+            return _error(400, str(exc), type_="invalid_request_error", param=first)
+        if isinstance(exc, UnknownModelError):
+            return _error(404, str(exc), type_="not_found_error", param="model")
+        if isinstance(exc, ImageError):
+            return _error(400, str(exc), type_="invalid_request_error", param=exc.path)
+        if isinstance(exc, ModelLoadError):
+            return _error(503, str(exc), type_="service_unavailable")
+        if isinstance(exc, LocalBackendError):
+            return _error(500, str(exc), type_="internal_error")
+        if isinstance(exc, Exception):
+            log.exception("unexpected error")
+            return _error(500, f"internal error: {type(exc).__name__}", type_="internal_error")
+        raise exc
+
+
+def create_app(models: Mapping[str, str], **kwargs: Any) -> Any:
+    """The ASGI app serving ``models`` (model id -> weights directory) with the local backend."""
+    return ChatServer(models, **kwargs).app
+
+
+def serve(models: Mapping[str, str], *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **kwargs: Any) -> None:
+    """Run the server until interrupted. Binds to loopback unless ``host`` says otherwise."""
+    try:
+        import uvicorn
+    except ImportError:
+        from ._exceptions import MissingDependencyError
+
+        raise MissingDependencyError("serving needs the 'server' extra: pip install 'azion-ai[server]'") from None
+    server = ChatServer(models, **kwargs)
+    uvicorn.run(server.app, host=host, port=port, log_level=log_level)
+
+
+class BackgroundServer:
+    """Serve an app from a thread on a loopback port picked by the OS (demos and tests)."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1") -> None:
+        import socket
+
+        import uvicorn
+
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, 0))
+        self.port = self._socket.getsockname()[1]
+        self.host = host
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/v1"
+
+    def __enter__(self) -> BackgroundServer:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+        self._socket.close()
