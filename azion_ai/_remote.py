@@ -44,6 +44,8 @@ MAX_RETRY_DELAY = 8.0
 MAX_RETRY_AFTER = 60.0
 RETRY_STATUSES = frozenset({408, 409, 429})
 USER_AGENT = f"azion-ai-python/{__version__}"
+_sleep = time.sleep  # module-level so tests can record retry delays without sleeping
+_async_sleep = anyio.sleep
 
 
 class Secret:
@@ -220,7 +222,7 @@ class HTTPTransport(_RemoteBase, BaseTransport):
                 raise error
             delay = self._retry_delay(attempt, retry_headers)
             self._log_retry(attempt, delay, str(error))
-            time.sleep(delay)
+            _sleep(delay)
             attempt += 1
 
     def _events(self, response: httpx.Response) -> Iterator[dict[str, Any]]:
@@ -286,7 +288,7 @@ class AsyncHTTPTransport(_RemoteBase, AsyncBaseTransport):
                 raise error
             delay = self._retry_delay(attempt, retry_headers)
             self._log_retry(attempt, delay, str(error))
-            await anyio.sleep(delay)
+            await _async_sleep(delay)
             attempt += 1
 
     async def _events(self, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:

@@ -24,8 +24,8 @@ def no_sleep(monkeypatch):
     async def fake_async_sleep(seconds):
         delays.append(seconds)
 
-    monkeypatch.setattr("azion_ai._remote.time.sleep", delays.append)
-    monkeypatch.setattr("azion_ai._remote.anyio.sleep", fake_async_sleep)
+    monkeypatch.setattr("azion_ai._remote._sleep", delays.append)
+    monkeypatch.setattr("azion_ai._remote._async_sleep", fake_async_sleep)
     return delays
 
 

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import INTERNVL_ID, QWEN_ID
+
+from azion_ai._cli import main
+
+
+def test_models_table(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert QWEN_ID in out and "32k" in out and "16k" in out
+    line = next(line for line in out.splitlines() if line.startswith(INTERNVL_ID))
+    assert " no " in line  # no tool calling
+
+
+def test_validate_exit_codes(tmp_path, capsys):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}))
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f"}}], "n": 0}))
+    assert main(["validate", str(good), "--model", QWEN_ID]) == 0
+    assert main(["validate", str(bad), "--model", INTERNVL_ID]) == 1
+    out = capsys.readouterr().out
+    assert f"{bad}: tools:" in out and f"{bad}: n:" in out
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    assert main(["validate", str(tmp_path / "missing.json"), "--model", QWEN_ID]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("azion-ai: error:") and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["run", "nope-model", "hi", "--base-url", "http://127.0.0.1:9/v1"]) == 1
+    assert "known models" in capsys.readouterr().err
+
+
+def test_run_against_a_server_with_jsonl_output(capsys):
+    import httpx
+    import respx
+
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": QWEN_ID, "choices": [{"index": 0, "delta": {"content": "Hi!"}}]}
+    with respx.mock:
+        respx.post("http://127.0.0.1:9/v1/chat/completions").mock(
+            return_value=httpx.Response(200, content=b"data: " + json.dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n")
+        )
+        assert main(["run", QWEN_ID, "hello", "--base-url", "http://127.0.0.1:9/v1"]) == 0
+        assert capsys.readouterr().out == "Hi!\n"
+        assert main(["run", QWEN_ID, "hello", "--base-url", "http://127.0.0.1:9/v1", "--jsonl"]) == 0
+        assert json.loads(capsys.readouterr().out)["choices"][0]["delta"]["content"] == "Hi!"
+
+
+@pytest.mark.local
+def test_run_local_subprocess_streams_and_images(tiny_dirs, tmp_path):
+    pytest.importorskip("torch")
+    from PIL import Image
+
+    image = tmp_path / "cat.png"
+    Image.new("RGB", (50, 40), (1, 2, 3)).save(image)
+    cmd = [sys.executable, "-m", "azion_ai._cli", "run", INTERNVL_ID, "What is this?", "--image", str(image), "--model-path", str(tiny_dirs[INTERNVL_ID]), "--device", "cpu", "--max-tokens", "5", "--temperature", "0", "--no-stream", "--jsonl"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    completion = json.loads(out.stdout.strip().splitlines()[-1])
+    assert completion["usage"]["completion_tokens"] == 5 and completion["usage"]["prompt_tokens"] > 20
+    bad = subprocess.run([*cmd[:6], "--image", str(tmp_path / "nope.png"), "--model-path", str(tiny_dirs[INTERNVL_ID])], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "no such file" in bad.stderr and "Traceback" not in bad.stderr

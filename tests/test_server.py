@@ -1,0 +1,161 @@
+"""`azion-ai serve` on a loopback port: the official openai client and our remote transport talk to it."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import httpx
+import pytest
+from conftest import INTERNVL_ID, QWEN_ID
+
+import azion_ai
+from azion_ai import AI
+
+pytestmark = pytest.mark.local
+pytest.importorskip("torch")
+pytest.importorskip("starlette")
+KEY = "server-key-1234"
+HELLO = {"messages": [{"role": "user", "content": "Name the european capitals"}], "max_tokens": 10, "temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def served(tiny_dirs):
+    from azion_ai._server import BackgroundServer, ChatServer
+
+    models = {k: str(v) for k, v in tiny_dirs.items()}
+    server = ChatServer(models, device="cpu", api_key=KEY, max_body_bytes=200_000)
+    with BackgroundServer(server.app) as running:
+        for state in server.states.values():
+            state.ready.wait(120)
+        yield server, running
+
+
+def test_health_and_models(served):
+    server, running = served
+    root = running.base_url.removesuffix("/v1")
+    assert httpx.get(root + "/health").json()["status"] == "ok"
+    listed = httpx.get(running.base_url + "/models", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert {m["id"] for m in listed["data"]} == {QWEN_ID, INTERNVL_ID}
+
+
+def test_openai_client_and_our_transport_get_what_the_local_backend_gives(served, local_ai):
+    openai = pytest.importorskip("openai")
+    _, running = served
+    direct = local_ai.run(QWEN_ID, HELLO).choices[0].message.content
+
+    client = openai.OpenAI(base_url=running.base_url, api_key=KEY, max_retries=0)
+    whole = client.chat.completions.create(model=QWEN_ID, **HELLO)
+    assert whole.choices[0].message.content == direct
+    pieces = client.chat.completions.create(model=QWEN_ID, stream=True, **HELLO)
+    assert "".join(c.choices[0].delta.content or "" for c in pieces if c.choices) == direct
+
+    with AI(base_url=running.base_url, token=KEY) as ai:
+        assert ai.run(QWEN_ID, HELLO).choices[0].message.content == direct
+        with ai.run(QWEN_ID, {**HELLO, "stream": True}) as stream:
+            assert stream.get_final_completion().choices[0].message.content == direct
+
+
+def test_api_key_is_enforced(served):
+    _, running = served
+    url = running.base_url + "/chat/completions"
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        r = httpx.post(url, json={"model": QWEN_ID, **HELLO}, headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    with AI(base_url=running.base_url, token="wrong", max_retries=0) as ai, pytest.raises(azion_ai.AuthenticationError):
+        ai.run(QWEN_ID, HELLO)
+
+
+def test_bad_payloads_get_400_with_the_path(served):
+    _, running = served
+    url = running.base_url + "/chat/completions"
+    auth = {"Authorization": f"Bearer {KEY}"}
+    bad = {"model": INTERNVL_ID, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}]}]}
+    r = httpx.post(url, json=bad, headers=auth)
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "messages[0].content[0].image_url.url"
+    assert httpx.post(url, content=b"{nope", headers=auth).status_code == 400
+    r = httpx.post(url, json={"model": "gpt-4", **HELLO}, headers=auth)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    r = httpx.post(url, json={"model": QWEN_ID, **HELLO, "max_tokens": 32768}, headers=auth)
+    assert r.status_code == 400 and "context length" in r.json()["error"]["message"]
+    r = httpx.post(url, json={"model": QWEN_ID, "messages": [{"role": "user", "content": "x" * 300_000}]}, headers=auth)
+    assert r.status_code == 413
+    bad_image = {"model": QWEN_ID, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}
+    r = httpx.post(url, json=bad_image, headers=auth)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].content[0].image_url.url"
+
+
+def test_disconnect_mid_stream_frees_the_model(served, monkeypatch):
+    from azion_ai._local import _engine
+
+    _, running = served
+    steps: list[str] = []
+    original = _engine.ResponseBuilder.step
+
+    def counting(self, rows):
+        steps.append(self.id)
+        return original(self, rows)
+
+    monkeypatch.setattr(_engine.ResponseBuilder, "step", counting)
+    body = {"model": INTERNVL_ID, **HELLO, "max_tokens": 5000, "stream": True}
+    with httpx.stream("POST", running.base_url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}) as r:
+        lines = r.iter_lines()
+        first = next(line for line in lines if line.startswith("data: "))
+    job_id = json.loads(first[6:])["id"]
+    with AI(base_url=running.base_url, token=KEY) as ai:
+        assert ai.run(INTERNVL_ID, HELLO).usage.completion_tokens == 10
+    assert steps.count(job_id) < 1000
+
+
+def test_concurrent_clients_are_all_answered(served, local_ai):
+    _, running = served
+    expected = local_ai.run(INTERNVL_ID, HELLO).choices[0].message.content
+    results, errors = [], []
+
+    def one(stream):
+        try:
+            with AI(base_url=running.base_url, token=KEY) as ai:
+                out = ai.run(INTERNVL_ID, {**HELLO, "stream": stream})
+                results.append(out.get_final_completion() if stream else out)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i % 2 == 0,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(results) == 10
+    assert all(r.choices[0].message.content == expected for r in results)
+
+
+def test_503_while_a_model_loads(tiny_dirs, monkeypatch):
+    from azion_ai._local._backend import LocalBackend
+    from azion_ai._server import BackgroundServer, ChatServer
+
+    release = threading.Event()
+    original = LocalBackend.load
+
+    def slow_load(self, model_id):
+        release.wait(30)
+        return original(self, model_id)
+
+    monkeypatch.setattr(LocalBackend, "load", slow_load)
+    server = ChatServer({INTERNVL_ID: str(tiny_dirs[INTERNVL_ID])}, device="cpu")
+    with BackgroundServer(server.app) as running:
+        r = httpx.post(running.base_url + "/chat/completions", json={"model": INTERNVL_ID, **HELLO})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading"
+        assert httpx.get(running.base_url.removesuffix("/v1") + "/health").status_code == 503
+        release.set()
+        server.states[INTERNVL_ID].ready.wait(60)
+        r = httpx.post(running.base_url + "/chat/completions", json={"model": INTERNVL_ID, **HELLO})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 10
+
+
+def test_server_binds_loopback_by_default():
+    import inspect
+
+    from azion_ai._server import serve
+
+    assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
