@@ -17,8 +17,9 @@ from typing import Any
 from ._client import AI
 from ._exceptions import ValidationError
 from ._models import INTERNVL3_1B, QWEN25_VL_3B_AWQ
+from ._streaming import Stream
 
-QUESTION = {"role": "user", "content": "Name the european capitals"}
+QUESTION: dict[str, Any] = {"role": "user", "content": "Name the european capitals"}
 
 
 def _say(text: str = "") -> None:
@@ -28,6 +29,7 @@ def _say(text: str = "") -> None:
 def _tour(ai: AI, label: str, image_url: str | None) -> None:
     _say(f"\n== {label}: streamed answer from {QWEN25_VL_3B_AWQ}")
     stream = ai.run(QWEN25_VL_3B_AWQ, {"stream": True, "messages": [QUESTION], "max_tokens": 24, "temperature": 0})
+    assert isinstance(stream, Stream)
     with stream:
         for piece in stream.iter_text():
             print(piece, end="", flush=True)
