@@ -40,6 +40,7 @@ from ._exceptions import (
     ValidationError,
     ValidationIssue,
 )
+from ._local._images import ImagePolicy
 from ._models import ModelInfo, get_model, list_models, register_model
 from ._streaming import AsyncStream, ChunkAccumulator, Stream
 from ._transport import AsyncBaseTransport, BaseTransport, ChatRequest
@@ -70,6 +71,7 @@ __all__ = [
     "Stream",
     "AsyncStream",
     "ChunkAccumulator",
+    "ImagePolicy",
     "ModelInfo",
     "register_model",
     "get_model",
