@@ -175,6 +175,8 @@ class ChatServer:
             payload = json.loads(raw)
         except ValueError as exc:
             return _error(400, f"request body is not valid JSON: {exc}", type_="invalid_request_error")
+        except RecursionError:
+            return _error(400, "request body is nested too deeply", type_="invalid_request_error")
         if not isinstance(payload, dict):
             return _error(400, "request body must be a JSON object", type_="invalid_request_error")
         model_id = payload.pop("model", None)

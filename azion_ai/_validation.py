@@ -10,10 +10,11 @@ import json
 import re
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+import fastjsonschema
 from jsonschema import Draft7Validator
 from jsonschema.exceptions import ValidationError as SchemaError
 from jsonschema.exceptions import best_match
@@ -28,11 +29,13 @@ _MAX_SHOWN = 60
 
 _cache_lock = threading.Lock()
 _validators: dict[str, Draft7Validator] = {}
+_fast_checks: dict[str, Callable[[Any], Any]] = {}
 
 
 def forget_validator(model_id: str) -> None:
     with _cache_lock:
         _validators.pop(model_id, None)
+        _fast_checks.pop(model_id, None)
 
 
 def format_path(parts: Iterable[Any]) -> str:
@@ -120,6 +123,20 @@ def _validator_for(model: ModelInfo) -> Draft7Validator:
         with _cache_lock:
             _validators[model.id] = validator
     return validator
+
+
+def _fast_check_for(model: ModelInfo) -> Callable[[Any], Any]:
+    """The same schema compiled to Python code by fastjsonschema: ~10x faster on valid payloads.
+
+    It only answers "valid or not"; on "not", jsonschema finds and explains every violation.
+    Defaults are never written into the payload and formats are checked by our own rules.
+    """
+    check = _fast_checks.get(model.id)
+    if check is None:
+        check = fastjsonschema.compile(_without_dangling_refs(model.schema), use_default=False, use_formats=False)
+        with _cache_lock:
+            _fast_checks[model.id] = check
+    return check
 
 
 # -- turning jsonschema's errors into issues ---------------------------------------------------
@@ -351,6 +368,23 @@ def _semantic_issues(
     return issues
 
 
+MAX_DEPTH = 64
+
+
+def _too_deep(payload: Any, limit: int = MAX_DEPTH) -> list[Any] | None:
+    """The path to the first value nested deeper than ``limit`` (iterative: no recursion)."""
+    stack: list[tuple[Any, list[Any]]] = [(payload, [])]
+    while stack:
+        node, path = stack.pop()
+        if len(path) > limit:
+            return path[: limit + 1]
+        if isinstance(node, Mapping):
+            stack.extend((v, [*path, k]) for k, v in node.items())
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, [*path, i]) for i, v in enumerate(node))
+    return None
+
+
 def validate_payload(
     model: ModelInfo, payload: Any, *, extra_url_schemes: Iterable[str] = ()
 ) -> None:
@@ -359,10 +393,16 @@ def validate_payload(
         raise ValidationError(
             model.id, [ValidationIssue("", f"payload must be a JSON object (dict), got {_json_type(payload)}")]
         )
-    validator = _validator_for(model)
+    deep = _too_deep(payload)
+    if deep is not None:
+        raise ValidationError(model.id, [ValidationIssue(format_path(deep), f"nested deeper than {MAX_DEPTH} levels")])
     issues: list[ValidationIssue] = []
-    for error in sorted(validator.iter_errors(payload), key=lambda e: list(map(str, e.absolute_path))):
-        issues.extend(_issues(error))
+    try:
+        _fast_check_for(model)(payload)
+    except fastjsonschema.JsonSchemaException:
+        validator = _validator_for(model)
+        for error in sorted(validator.iter_errors(payload), key=lambda e: list(map(str, e.absolute_path))):
+            issues.extend(_issues(error))
     schemes = frozenset(s.lower() for s in extra_url_schemes)
     for issue in _semantic_issues(payload, model, schemes):
         if issue not in issues:

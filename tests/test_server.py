@@ -159,3 +159,13 @@ def test_server_binds_loopback_by_default():
     from azion_ai._server import serve
 
     assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
+
+
+def test_absurdly_deep_json_is_a_400(served):
+    _, running = served
+    body = b'{"model": "' + QWEN_ID.encode() + b'", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    r = httpx.post(running.base_url + "/chat/completions", content=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code in (400, 413)
+    shallow_enough = {"model": QWEN_ID, "messages": [{"role": "user", "content": "x"}], "x": json.loads("[" * 200 + "]" * 200)}
+    r = httpx.post(running.base_url + "/chat/completions", json=shallow_enough, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 400 and "nested deeper" in r.json()["error"]["message"]

@@ -136,9 +136,39 @@ def test_validators_are_compiled_once_per_model():
     from azion_ai import _validation
 
     azion_ai.validate(QWEN, {"messages": [USER]})
-    first = _validation._validators[QWEN]
+    with pytest.raises(ValidationError):
+        azion_ai.validate(QWEN, {"messages": [{"role": "x"}]})
+    fast, full = _validation._fast_checks[QWEN], _validation._validators[QWEN]
     azion_ai.validate(QWEN, {"messages": [USER]})
-    assert _validation._validators[QWEN] is first
+    with pytest.raises(ValidationError):
+        azion_ai.validate(QWEN, {"messages": [{"role": "x"}]})
+    assert _validation._fast_checks[QWEN] is fast and _validation._validators[QWEN] is full
+
+
+def test_validation_never_changes_the_payload():
+    import copy
+
+    payload = {"messages": [USER], "tools": [{"type": "function", "function": {"name": "f"}}]}
+    before = copy.deepcopy(payload)
+    azion_ai.validate(QWEN, payload)
+    assert payload == before  # no schema defaults (top_p, n, stream, strict...) written in
+
+
+@pytest.mark.parametrize("model_id", [QWEN, INTERNVL])
+def test_fast_path_and_full_validator_agree(model_id):
+    from azion_ai import _validation
+
+    model = azion_ai.get_model(model_id)
+    fast = _validation._fast_check_for(model)
+    full = _validation._validator_for(model)
+    samples = [p for p, _, _ in INVALID] + example_payloads(model_id) + [{"messages": [USER], "tools": [{"type": "function", "function": {"name": "f"}}]}]
+    for payload in samples:
+        try:
+            fast(payload)
+            fast_ok = True
+        except Exception:
+            fast_ok = False
+        assert fast_ok == full.is_valid(payload), payload
 
 
 def test_registry_holds_the_seed_capabilities():

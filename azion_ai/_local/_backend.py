@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from .._exceptions import LocalBackendError, ModelLoadError
+from .._exceptions import LocalBackendError, ModelLoadError, ValidationError, ValidationIssue
 from .._models import ModelInfo, get_model
 from .._transport import (
     AsyncBaseTransport,
@@ -53,6 +53,7 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         min_image_pixels: int | None = None,
         max_image_tiles: int = DEFAULT_MAX_IMAGE_TILES,
+        max_n: int = 16,
         image_loader: ImageLoader | None = None,
     ) -> None:
         if device not in ("auto", "cpu") and not device.startswith("cuda"):
@@ -63,6 +64,7 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         self.max_image_pixels = max_image_pixels
         self.min_image_pixels = min_image_pixels
         self.max_image_tiles = max_image_tiles
+        self.max_n = max_n
         self._workers: dict[str, Any] = {}
         self._load_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -139,8 +141,11 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         from ._engine import Job, SamplingParams
 
         model = request.model
-        worker = self._worker(model)
         payload = request.payload
+        n = payload.get("n", 1)
+        if isinstance(n, int) and n > self.max_n:
+            raise ValidationError(model.id, [ValidationIssue("n", f"{n} choices is over this backend's limit of {self.max_n} (max_n)")])
+        worker = self._worker(model)
         conversation, image_refs = build_conversation(payload["messages"], payload.get("tools"))
         images = self.images.load_all(image_refs)
         job = Job(

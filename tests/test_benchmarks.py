@@ -1,0 +1,29 @@
+"""The benchmarks run in smoke mode so they cannot rot (no time is asserted: benchmarks are not tests)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.mark.local
+def test_benchmarks_smoke(tiny_dirs, monkeypatch):
+    pytest.importorskip("openai")
+    env_cache = str(next(iter(tiny_dirs.values())).parent)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "AZION_AI_CACHE": str(Path(env_cache).parent)},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+    subjects = " ".join(rows)
+    for needle in ("import azion_ai", "torch and transformers not imported", "validation", "azion_ai (sync)", "openai (async)", "bare httpx", "SSE parsing", "ai.run streaming", "not measured"):
+        assert needle in subjects, needle

@@ -1,0 +1,222 @@
+"""Hostile payloads: random JSON and systematic mutations of the seed payloads, through ai.run and
+through the server. Each either succeeds or raises ValidationError naming a path; never another
+exception, never a hang; the server answers 400 with a JSON error, never 500."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from seeds import INTERNVL, QWEN, example_payloads
+
+import azion_ai
+from azion_ai import AI, BaseTransport, ChatRequest, ValidationError
+from azion_ai._transport import TransportResponse
+
+COMPLETION = {"id": "chatcmpl-x", "object": "chat.completion", "created": 1, "model": QWEN, "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}
+
+
+class Recording(BaseTransport):
+    def __init__(self):
+        self.requests: list[ChatRequest] = []
+
+    def handle_request(self, request):
+        json.dumps(dict(request.payload))  # what reaches a transport is always JSON
+        self.requests.append(request)
+        return TransportResponse(body=COMPLETION)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5),
+    max_leaves=30,
+)
+SEEDS = [(QWEN, p) for p in example_payloads(QWEN)] + [(INTERNVL, p) for p in example_payloads(INTERNVL)]
+KEYS = ["messages", "role", "content", "type", "text", "image_url", "url", "tools", "function", "name", "tool_calls", "tool_call_id", "stream", "temperature", "top_p", "n", "max_tokens", "presence_penalty", "frequency_penalty", "arguments", "id"]
+REPLACEMENTS = st.one_of(
+    json_values,
+    st.sampled_from(["", "x" * 100_000, "ftp://host/x", "data:,", "data:image/png;base64,@@", "http://", "tool", "wizard", "file:///etc/passwd", "http://169.254.169.254/latest"]),
+    st.integers(-3, 40000),
+)
+
+
+def _paths(node, prefix=()):
+    yield prefix
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _paths(v, (*prefix, i))
+
+
+@st.composite
+def mutated(draw):
+    model_id, seed = draw(st.sampled_from(SEEDS))
+    payload = copy.deepcopy(seed)
+    for _ in range(draw(st.integers(1, 3))):
+        paths = list(_paths(payload))
+        path = draw(st.sampled_from(paths))
+        action = draw(st.sampled_from(["replace", "delete", "add", "nest"]))
+        parent = payload
+        for key in path[:-1]:
+            parent = parent[key]
+        if not path:
+            continue
+        key = path[-1]
+        if action == "replace":
+            parent[key] = draw(REPLACEMENTS)
+        elif action == "delete":
+            del parent[key]
+        elif action == "add" and isinstance(parent[key], dict):
+            parent[key][draw(st.sampled_from(KEYS))] = draw(REPLACEMENTS)
+        elif action == "add" and isinstance(parent[key], list):
+            parent[key].append(draw(st.one_of(REPLACEMENTS, st.sampled_from([{"role": "tool", "content": "x", "tool_call_id": "nope"}, {"role": "assistant"}, {"type": "image_url", "image_url": {"url": "javascript:alert(1)"}}]))))
+        elif action == "nest":
+            value = parent[key]
+            for _ in range(draw(st.integers(1, 60))):
+                value = [value]
+            parent[key] = value
+    return model_id, payload
+
+
+def _check(model_id, payload, ai, transport):
+    before = len(transport.requests)
+    try:
+        ai.run(model_id, payload)
+    except ValidationError as exc:
+        assert exc.issues and all(isinstance(i.path, str) for i in exc.issues)
+        assert len(transport.requests) == before  # nothing sent
+        return False
+    return True
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated())
+def test_mutated_seed_payloads(case):
+    transport = Recording()
+    _check(*case, AI(transport=transport), transport)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([QWEN, INTERNVL]), json_values)
+def test_random_json_values(model_id, value):
+    transport = Recording()
+    _check(model_id, value, AI(transport=transport), transport)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from([QWEN, INTERNVL]), st.dictionaries(st.sampled_from(KEYS), json_values, max_size=6))
+def test_random_payload_shaped_objects(model_id, payload):
+    transport = Recording()
+    _check(model_id, payload, AI(transport=transport), transport)
+
+
+def test_deep_nesting_does_not_crash():
+    deep: object = "x"
+    for _ in range(5000):
+        deep = [deep]
+    transport = Recording()
+    for model_id in (QWEN, INTERNVL):
+        assert not _check(model_id, {"messages": deep}, AI(transport=transport), transport)
+        assert not _check(model_id, {"messages": [{"role": "user", "content": deep}]}, AI(transport=transport), transport)
+
+
+# -- through the server ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_dirs):
+    pytest.importorskip("starlette")
+    from azion_ai._server import BackgroundServer, ChatServer
+
+    server = ChatServer({k: str(v) for k, v in tiny_dirs.items()}, device="cpu")
+    with BackgroundServer(server.app) as running:
+        for state in server.states.values():
+            state.ready.wait(120)
+        yield running.base_url + "/chat/completions"
+
+
+@pytest.mark.local
+def test_server_answers_hostile_payloads_with_400_never_500(server_url):
+    statuses: list[int] = []
+    bodies = []
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @given(mutated())
+    def run(case):
+        model_id, payload = case
+        if isinstance(payload, dict):
+            # keep valid requests cheap: a short answer and no sampling of many choices
+            if isinstance(payload.get("max_tokens"), int) and payload["max_tokens"] > 4:
+                payload["max_tokens"] = 4
+            payload.setdefault("max_tokens", 4)
+            payload = {**payload, "model": model_id}
+        r = httpx.post(server_url, content=json.dumps(payload), timeout=120)
+        statuses.append(r.status_code)
+        body = r.json() if r.headers.get("content-type", "").startswith("application/json") else None
+        bodies.append(body)
+        assert r.status_code in (200, 400), (r.status_code, r.text[:300])
+        if r.status_code == 400:
+            assert body["error"]["message"]
+
+    run()
+    assert 400 in statuses
+
+
+@pytest.mark.local
+def test_refused_image_fails_the_request_and_the_backend_keeps_serving(local_ai):
+    bad = {"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "image_url", "image_url": {"url": "http://127.0.0.1:1/secret.png"}}]}], "max_tokens": 3, "temperature": 0}
+    with pytest.raises(azion_ai.ImageError, match=r"messages\[0\].content\[1\].image_url.url: refused: .*loopback"):
+        local_ai.run(QWEN, bad)
+    assert local_ai.run(QWEN, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}).usage.completion_tokens == 3
+
+
+@pytest.mark.local
+def test_n_is_bounded_by_the_local_backend(local_ai):
+    with pytest.raises(ValidationError, match="max_n") as info:
+        local_ai.run(QWEN, {"messages": [{"role": "user", "content": "hi"}], "n": 100000, "max_tokens": 2})
+    assert info.value.paths == ["n"]
+
+
+@pytest.mark.local
+def test_32_concurrent_streams_then_half_cancelled(local_ai):
+    prompts = [f"Say something about {i}" for i in range(32)]
+    base = {"max_tokens": 8, "temperature": 0}
+    expected = {p: local_ai.run(INTERNVL, {**base, "messages": [{"role": "user", "content": p}]}).choices[0].message.content for p in prompts}
+    results: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def one(prompt: str, cancel: bool) -> None:
+        try:
+            payload = {**base, "messages": [{"role": "user", "content": prompt}], "stream": True}
+            if cancel:
+                payload["max_tokens"] = 2000
+            stream = local_ai.run(INTERNVL, payload)
+            if cancel:
+                next(stream)
+                stream.close()
+                return
+            results[prompt] = stream.get_final_completion().choices[0].message.content
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(p, False)) for p in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors and results == expected
+    results.clear()
+    threads = [threading.Thread(target=one, args=(p, i % 2 == 0)) for i, p in enumerate(prompts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors
+    assert results == {p: expected[p] for i, p in enumerate(prompts) if i % 2}
