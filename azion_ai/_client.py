@@ -88,14 +88,14 @@ class _ClientBase:
         else:
             raise ValueError(f"backend must be 'remote' or 'local', got {self.backend!r}")
 
-    def _request(self, model_id: str, payload: Any, validate: bool | None) -> ChatRequest:
+    def _request(self, model_id: str, payload: Any, validate: bool | None, lora: str | None = None) -> ChatRequest:
         model = get_model(model_id)
         if self.validate if validate is None else validate:
             schemes = getattr(self._transport, "extra_url_schemes", ())
             validate_payload(model, payload, extra_url_schemes=schemes)
         elif not isinstance(payload, Mapping):
             raise TypeError("payload must be a dict")
-        return ChatRequest(model=model, payload=dict(payload))
+        return ChatRequest(model=model, payload=dict(payload), lora=lora)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(backend={self.backend!r}, transport={self._transport!r})"
@@ -173,27 +173,29 @@ class AI(_ClientBase):
         return self._transport
 
     @overload
-    def run(self, model_id: str, payload: StreamingChatPayload, *, validate: bool | None = None) -> Stream: ...
+    def run(self, model_id: str, payload: StreamingChatPayload, *, validate: bool | None = None, lora: str | None = None) -> Stream: ...
 
     @overload
     def run(
-        self, model_id: str, payload: NonStreamingChatPayload, *, validate: bool | None = None
+        self, model_id: str, payload: NonStreamingChatPayload, *, validate: bool | None = None, lora: str | None = None
     ) -> ChatCompletion: ...
 
     @overload
     def run(
-        self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None
+        self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None, lora: str | None = None
     ) -> ChatCompletion | Stream: ...
 
     def run(
-        self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None
+        self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None, lora: str | None = None
     ) -> ChatCompletion | Stream:
         """Run ``model_id`` on ``payload`` (the JSON of Azion's JS API).
 
         Returns a ``ChatCompletion``, or a ``Stream`` of chunks when ``payload["stream"]`` is true.
         Raises ``ValidationError`` before anything is sent if the payload breaks the model's schema.
+        ``lora`` names a LoRA adapter (local: one given to ``lora_adapters``; remote: the adapter's
+        served model name, as vLLM names them).
         """
-        request = self._request(model_id, payload, validate)
+        request = self._request(model_id, payload, validate, lora)
         return _sync_result(self._transport.handle_request(request))
 
     def close(self) -> None:
@@ -249,24 +251,24 @@ class AsyncAI(_ClientBase):
 
     @overload
     async def run(
-        self, model_id: str, payload: StreamingChatPayload, *, validate: bool | None = None
+        self, model_id: str, payload: StreamingChatPayload, *, validate: bool | None = None, lora: str | None = None
     ) -> AsyncStream: ...
 
     @overload
     async def run(
-        self, model_id: str, payload: NonStreamingChatPayload, *, validate: bool | None = None
+        self, model_id: str, payload: NonStreamingChatPayload, *, validate: bool | None = None, lora: str | None = None
     ) -> ChatCompletion: ...
 
     @overload
     async def run(
-        self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None
+        self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None, lora: str | None = None
     ) -> ChatCompletion | AsyncStream: ...
 
     async def run(
-        self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None
+        self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None, lora: str | None = None
     ) -> ChatCompletion | AsyncStream:
         """Async twin of :meth:`AI.run`; ``await`` it, then ``async for`` over a stream."""
-        request = self._request(model_id, payload, validate)
+        request = self._request(model_id, payload, validate, lora)
         return await _async_result(await self._transport.handle_async_request(request))
 
     async def aclose(self) -> None:

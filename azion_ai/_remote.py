@@ -131,7 +131,7 @@ class _RemoteBase:
 
     @staticmethod
     def _body(request: ChatRequest) -> bytes:
-        body = {**request.payload, "model": request.model.id}
+        body = {**request.payload, "model": request.lora or request.model.id}
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
     def _retry_delay(self, attempt: int, headers: Mapping[str, str] | None) -> float:

@@ -29,6 +29,8 @@ class ChatRequest:
 
     model: ModelInfo
     payload: Mapping[str, Any]
+    lora: str | None = None
+    """A LoRA adapter to answer with (local: a configured adapter; remote: vLLM's adapter model name)."""
 
     @property
     def stream(self) -> bool:

@@ -54,6 +54,8 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         min_image_pixels: int | None = None,
         max_image_tiles: int = DEFAULT_MAX_IMAGE_TILES,
         max_n: int = 16,
+        lora_adapters: Mapping[str, str | os.PathLike[str]] | None = None,
+        lora: str | None = None,
         image_loader: ImageLoader | None = None,
     ) -> None:
         if device not in ("auto", "cpu") and not device.startswith("cuda"):
@@ -65,6 +67,10 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         self.min_image_pixels = min_image_pixels
         self.max_image_tiles = max_image_tiles
         self.max_n = max_n
+        self.lora_adapters = {name: Path(p).expanduser() for name, p in (lora_adapters or {}).items()}
+        if lora is not None and lora not in self.lora_adapters:
+            raise ValueError(f"lora={lora!r} is not among lora_adapters ({', '.join(sorted(self.lora_adapters)) or 'none'})")
+        self.default_lora = lora
         self._workers: dict[str, Any] = {}
         self._load_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -145,6 +151,13 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         n = payload.get("n", 1)
         if isinstance(n, int) and n > self.max_n:
             raise ValidationError(model.id, [ValidationIssue("n", f"{n} choices is over this backend's limit of {self.max_n} (max_n)")])
+        lora = request.lora if request.lora is not None else self.default_lora
+        adapter = None
+        if lora is not None:
+            if lora not in self.lora_adapters:
+                known = ", ".join(sorted(self.lora_adapters)) or "none configured"
+                raise LocalBackendError(f"unknown LoRA adapter {lora!r} (configured: {known}); pass AI(..., lora_adapters={{name: dir}})")
+            adapter = (lora, self.lora_adapters[lora])
         worker = self._worker(model)
         conversation, image_refs = build_conversation(payload["messages"], payload.get("tools"))
         images = self.images.load_all(image_refs)
@@ -156,6 +169,7 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
             tools=bool(payload.get("tools")),
             stream=request.stream,
             emit=emit,
+            adapter=adapter,
             image_limits={
                 "max_pixels": self.max_image_pixels,
                 "min_pixels": self.min_image_pixels,

@@ -15,9 +15,16 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from .._exceptions import LocalBackendError, ValidationError, ValidationIssue
+from .._exceptions import (
+    LocalBackendError,
+    MissingDependencyError,
+    ModelLoadError,
+    ValidationError,
+    ValidationIssue,
+)
 from .._models import ModelInfo
 from ._chat import IncrementalDecoder, ToolCallParser
 from ._loading import LoadedModel
@@ -61,6 +68,7 @@ class Job:
     stream: bool
     emit: Emit
     image_limits: dict[str, Any] = field(default_factory=dict)
+    adapter: tuple[str, Any] | None = None  # (name, directory) of a LoRA adapter
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
@@ -254,6 +262,7 @@ class ModelWorker:
     def __init__(self, loaded: LoadedModel, options: Mapping[str, Any]) -> None:
         self.loaded = loaded
         self.options = dict(options)
+        self._peft: Any = None  # the PeftModel wrapping the model once an adapter is loaded
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name=f"azion-ai-{loaded.model_id}", daemon=True)
         self._thread.start()
@@ -290,6 +299,31 @@ class ModelWorker:
                 torch.cuda.empty_cache()
         except Exception:  # pragma: no cover
             pass
+
+    def _adapter_context(self, job: Job) -> Any:
+        """Activate the job's LoRA adapter (loading it once), or run with adapters disabled."""
+        import contextlib
+
+        if job.adapter is None:
+            return self._peft.disable_adapter() if self._peft is not None else contextlib.nullcontext()
+        name, directory = job.adapter
+        config = Path(directory) / "adapter_config.json"
+        if not config.is_file():
+            raise ModelLoadError(f"LoRA adapter {name!r}: {config} not found")
+        try:
+            from peft import PeftModel
+        except ImportError:
+            raise MissingDependencyError("LoRA adapters need peft: pip install 'azion-ai[local]'") from None
+        try:
+            if self._peft is None:
+                self._peft = PeftModel.from_pretrained(self.loaded.model, str(directory), adapter_name=name)
+                self._peft.eval()
+            elif name not in self._peft.peft_config:
+                self._peft.load_adapter(str(directory), adapter_name=name)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelLoadError(f"LoRA adapter {name!r} from {str(directory)!r} does not fit {self.loaded.model_id!r}: {str(exc)[:300]}") from None
+        self._peft.set_adapter(name)
+        return contextlib.nullcontext()
 
     def _prepare(self, job: Job) -> Any:
         processor = self.loaded.processor
@@ -360,7 +394,7 @@ class ModelWorker:
         model_inputs = {k: v.to(loaded.device) for k, v in inputs.items()}
         if "pixel_values" in model_inputs and loaded.model.dtype.is_floating_point:
             model_inputs["pixel_values"] = model_inputs["pixel_values"].to(loaded.model.dtype)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._adapter_context(job):
             loaded.model.generate(
                 **model_inputs,
                 generation_config=config,

@@ -403,3 +403,31 @@ def ensure_tiny_checkpoints(cache_dir: str | os.PathLike[str] | None = None) -> 
             shutil.rmtree(directory)
         tmp.rename(directory)
     return dirs
+
+
+def build_lora_adapter(model_id: str, model_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, seed: int = 7, rank: int = 4) -> Path:
+    """A random LoRA adapter (PEFT format) on the language model's q/v projections of a checkpoint."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from .._models import get_model
+    from ._loading import load_model
+
+    info = get_model(model_id)
+    assert info.family is not None
+    loaded = load_model(model_id, info.family, model_dir, "cpu")
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        target_modules=r".*language_model.*\.(q_proj|v_proj)",
+        init_lora_weights=False,  # random A and B: the adapter visibly changes the output
+    )
+    peft_model = get_peft_model(loaded.model, config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(seed)) * 0.5)
+    path = Path(out)
+    peft_model.save_pretrained(str(path))
+    return path
