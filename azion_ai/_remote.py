@@ -97,6 +97,8 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 class _RemoteBase:
     """What the sync and async HTTP transports share: URLs, headers, errors and retry timing."""
 
+    backend_name = "remote"
+
     def __init__(
         self,
         *,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import json
 import os
 import platform
@@ -88,9 +87,10 @@ def large_payload() -> dict[str, Any]:
 
 
 def bench_validation(reps: int) -> list[Row]:
+    from seeds import example_payloads
+
     import azion_ai
     from azion_ai import _validation
-    from seeds import example_payloads
 
     rows: list[Row] = []
     cases = [(f"seed example {i + 1} ({QWEN})", QWEN, p) for i, p in enumerate(example_payloads(QWEN))]
@@ -401,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_sse([50, 100] if smoke else [10_000, 20_000], 100_000 if smoke else 5_000_000, 1 if smoke else 5)
     if "local" in chosen:
         rows += bench_local(8 if smoke else 128, 1 if smoke else 5)
+    if "gpu" in chosen or smoke:
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--smoke"], check=True, stdout=subprocess.DEVNULL)
     rows += GPU_ROWS
     command = "bash scripts/bench.sh" + (" --smoke" if smoke else "")
     table = render(rows, command, time.perf_counter() - started)

@@ -60,3 +60,19 @@ def png_data_uri(color=(200, 30, 30), size=(64, 48), fmt="PNG") -> str:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, fmt)
     return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu run only where torch sees a CUDA device; elsewhere they are skipped, named."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (gpu marker); none here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -147,18 +147,22 @@ def pack_awq(weight: Any, group_size: int) -> tuple[Any, Any, Any, Any]:
 
     def pack(values: Any) -> Any:
         rows, cols = values.shape
+        grouped = values.to(torch.int32).reshape(rows, cols // 8, 8)
         packed = torch.zeros(rows, cols // 8, dtype=torch.int32)
-        for col in range(cols // 8):
-            for i, src in enumerate(order):
-                packed[:, col] |= values[:, col * 8 + src].to(torch.int32) << (4 * i)
+        for i, src in enumerate(order):
+            packed |= grouped[:, :, src] << (4 * i)
         return packed
 
     return pack(q), pack(zeros.to(torch.int32)), scales, dequant
 
 
-def _tiny_qwen_config(tok: Any, vocab_size: int) -> dict[str, Any]:
+FULL_QWEN_TEXT = {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16, "num_key_value_heads": 2, "vocab_size": 151936, "mrope_section": [16, 24, 24]}
+FULL_QWEN_VISION = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "out_hidden_size": 2048, "fullatt_block_indexes": [7, 15, 23, 31]}
+
+
+def _tiny_qwen_config(tok: Any, vocab_size: int, full: bool = False) -> dict[str, Any]:
     ids = tok.convert_tokens_to_ids
-    return {
+    config = {
         "architectures": ["Qwen2_5_VLForConditionalGeneration"],
         "model_type": "qwen2_5_vl",
         "attention_dropout": 0.0,
@@ -205,17 +209,27 @@ def _tiny_qwen_config(tok: Any, vocab_size: int) -> dict[str, Any]:
             "temporal_patch_size": 2,
         },
     }
+    if full:  # the real Qwen2.5-VL-3B dimensions (REFERENCE.md), random weights
+        text = dict(FULL_QWEN_TEXT)
+        config["rope_scaling"] = {"type": "mrope", "mrope_section": text.pop("mrope_section")}
+        config.update(text, max_window_layers=36)
+        config["vision_config"].update(FULL_QWEN_VISION)
+    return config
 
 
 AWQ_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def build_qwen25_vl_awq(path: str | os.PathLike[str], *, seed: int = 0, group_size: int = 32) -> Path:
-    """A tiny Qwen2.5-VL-Instruct-AWQ directory: AWQ GEMM 4-bit LM layers, fp16 vision tower.
+def build_qwen25_vl_awq(
+    path: str | os.PathLike[str], *, seed: int = 0, group_size: int | None = None, full_size: bool = False
+) -> Path:
+    """A Qwen2.5-VL-Instruct-AWQ directory: AWQ GEMM 4-bit LM layers, fp16 vision tower.
 
-    Also writes ``reference/``: the same model with every AWQ layer dequantized (fp32), used to
-    check that loading the packed layers gives the same logits.
+    Tiny by default; ``full_size=True`` gives the real 3B dimensions (for GPU speed work). The
+    tiny one also gets ``reference/``: the same model with every AWQ layer dequantized (fp32),
+    used to check that loading the packed layers gives the same logits.
     """
+    group_size = group_size or (128 if full_size else 32)
     import torch
     from safetensors.torch import save_file
     from transformers import (
@@ -230,7 +244,7 @@ def build_qwen25_vl_awq(path: str | os.PathLike[str], *, seed: int = 0, group_si
     out.mkdir(parents=True, exist_ok=True)
     tok = _tokenizer(QWEN_ADDED)
     vocab_size = ((len(tok) + 63) // 64) * 64
-    raw_config = _tiny_qwen_config(tok, vocab_size)
+    raw_config = _tiny_qwen_config(tok, vocab_size, full=full_size)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**raw_config)).eval()
     _randomise(model, 0.2, seed)
@@ -288,6 +302,8 @@ def build_qwen25_vl_awq(path: str | os.PathLike[str], *, seed: int = 0, group_si
         chat_template=QWEN_CHAT_TEMPLATE,
     )
     processor.save_pretrained(str(out))
+    if full_size:
+        return out
 
     ref_dir = out / "reference"
     ref_dir.mkdir(exist_ok=True)
@@ -300,8 +316,8 @@ def build_qwen25_vl_awq(path: str | os.PathLike[str], *, seed: int = 0, group_si
     return out
 
 
-def build_internvl3(path: str | os.PathLike[str], *, seed: int = 1) -> Path:
-    """A tiny InternVL3 directory in transformers' native (``-hf``) layout, fp32 weights."""
+def build_internvl3(path: str | os.PathLike[str], *, seed: int = 1, full_size: bool = False) -> Path:
+    """An InternVL3 directory in transformers' native (``-hf``) layout (tiny, or the real 1B shape)."""
     import torch
     from transformers import (
         GotOcr2ImageProcessor,
@@ -320,28 +336,22 @@ def build_internvl3(path: str | os.PathLike[str], *, seed: int = 1) -> Path:
         "video_token": "<video>",
     }
     tok = _tokenizer(QWEN_ADDED + INTERNVL_ADDED, named)
-    tile = 56  # the real model uses 448-px tiles; 56 keeps the tiny model's image tokens few
+    tile = 448 if full_size else 56  # 56-px tiles keep the tiny model's image tokens few
     patch = 14
     image_seq_length = int((tile // patch) ** 2 * 0.25)
     vocab_size = ((len(tok) + 63) // 64) * 64
+    vision = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096} if full_size else {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    text = {"vocab_size": 151674, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2} if full_size else {"vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
     config = InternVLConfig(
         vision_config={
-            "hidden_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "intermediate_size": 64,
+            **vision,
             "image_size": [tile, tile],
             "patch_size": [patch, patch],
             "use_mean_pooling": True,
         },
         text_config={
             "model_type": "qwen2",
-            "vocab_size": vocab_size,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
+            **text,
             "max_position_embeddings": 32768,
             "rope_theta": 1000000.0,
             "tie_word_embeddings": False,
