@@ -69,6 +69,8 @@ class _ClientBase:
             return
         self.backend = backend or os.environ.get(ENV_BACKEND) or "remote"
         if self.backend == "remote":
+            if local_options:
+                raise TypeError(f"unexpected argument(s) for the remote backend: {', '.join(sorted(local_options))}")
             base_url = base_url or os.environ.get(ENV_BASE_URL)
             if not base_url:
                 raise ValueError(

@@ -484,3 +484,14 @@ def test_tools_request_runs_end_to_end(local_ai):
     whole = local_ai.run(QWEN_ID, payload)
     streamed = local_ai.run(QWEN_ID, {**payload, "stream": True}).get_final_completion()
     assert streamed.choices[0].message.content == whole.choices[0].message.content
+
+
+def test_unvalidated_garbage_still_gets_a_clear_error(local_ai):
+    with pytest.raises(azion_ai.ValidationError, match="malformed payload"):
+        local_ai.run(INTERNVL_ID, {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, validate=False)
+    assert local_ai.run(INTERNVL_ID, HELLO).usage.completion_tokens == 12
+
+
+def test_remote_rejects_local_only_arguments():
+    with pytest.raises(TypeError, match="max_image_pixels"):
+        AI(base_url="http://127.0.0.1:9/v1", max_image_pixels=10)

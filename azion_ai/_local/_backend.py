@@ -159,7 +159,10 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
                 raise LocalBackendError(f"unknown LoRA adapter {lora!r} (configured: {known}); pass AI(..., lora_adapters={{name: dir}})")
             adapter = (lora, self.lora_adapters[lora])
         worker = self._worker(model)
-        conversation, image_refs = build_conversation(payload["messages"], payload.get("tools"))
+        try:
+            conversation, image_refs = build_conversation(payload["messages"], payload.get("tools"))
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:  # only with validate=False
+            raise ValidationError(model.id, [ValidationIssue("messages", f"malformed payload ({type(exc).__name__}: {exc}); run with validation on to see every problem")]) from None
         images = self.images.load_all(image_refs)
         job = Job(
             model=model,
