@@ -114,13 +114,20 @@ class IncrementalDecoder:
 
     def __init__(self, tokenizer: Any) -> None:
         self._tokenizer = tokenizer
+        # The Rust tokenizer's own decode is ~3x faster than transformers' wrapper and gives the
+        # same text when the wrapper would not clean up spaces (true for these models).
+        backend = getattr(tokenizer, "_tokenizer", None)
+        if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", True):
+            self._decode = backend.decode
+        else:
+            self._decode = tokenizer.decode
         self.ids: list[int] = []
         self._prefix = 0
         self._read = 0
 
     def add(self, token_id: int) -> str:
         self.ids.append(token_id)
-        decode = self._tokenizer.decode
+        decode = self._decode
         prefix_text = decode(self.ids[self._prefix : self._read], skip_special_tokens=True)
         new_text = decode(self.ids[self._prefix :], skip_special_tokens=True)
         if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
@@ -130,7 +137,7 @@ class IncrementalDecoder:
 
     def flush(self) -> str:
         """At the end: whatever is still held back (an incomplete character decodes as U+FFFD)."""
-        decode = self._tokenizer.decode
+        decode = self._decode
         prefix_text = decode(self.ids[self._prefix : self._read], skip_special_tokens=True)
         new_text = decode(self.ids[self._prefix :], skip_special_tokens=True)
         self._prefix = self._read = len(self.ids)
