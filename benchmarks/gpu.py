@@ -50,7 +50,7 @@ def decode_bytes_per_token(model: Any) -> int:
     return total
 
 
-def run(size: str, device: str, prompt_tokens: int, new_tokens: int, concurrency: int, rounds: int) -> list[tuple[str, str, str]]:
+def run(size: str, device: str, prompt_tokens: int, new_tokens: int, concurrency: int, rounds: int, **speed: bool) -> list[tuple[str, str, str]]:
     import torch
 
     from azion_ai import AI
@@ -66,7 +66,7 @@ def run(size: str, device: str, prompt_tokens: int, new_tokens: int, concurrency
     rows: list[tuple[str, str, str]] = []
     gpu_name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     bandwidth = next((bw for key, bw in HBM_BYTES_PER_S.items() if key in gpu_name), None)
-    with AI(backend="local", models={k: str(v) for k, v in dirs.items()}, device=device) as ai:
+    with AI(backend="local", models={k: str(v) for k, v in dirs.items()}, device=device, **speed) as ai:
         for model_id in (QWEN, INTERNVL):
             ai.transport.load(model_id)  # type: ignore[attr-defined]
             loaded = ai.transport._workers[model_id].loaded  # type: ignore[attr-defined]
@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, CPU, few tokens")
+    parser.add_argument("--static-cache", action="store_true", help="the backend's static KV cache option")
+    parser.add_argument("--compile", action="store_true", help="static cache + torch.compile of the decode step")
     args = parser.parse_args(argv)
     if args.smoke:
         args.size, args.device, args.prompt_tokens, args.new_tokens, args.concurrency, args.rounds = "tiny", "cpu", 16, 8, 2, 1
@@ -153,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    rows = run(args.size, args.device, args.prompt_tokens, args.new_tokens, args.concurrency, args.rounds)
-    print(f"| model | measure ({args.size} shapes, {args.device}) | value |\n| --- | --- | --- |")
+    rows = run(args.size, args.device, args.prompt_tokens, args.new_tokens, args.concurrency, args.rounds, static_cache=args.static_cache, compile=args.compile)
+    mode = "compile" if args.compile else ("static cache" if args.static_cache else "eager")
+    print(f"| model | measure ({args.size} shapes, {args.device}, {mode}) | value |\n| --- | --- | --- |")
     for row in rows:
         print("| " + " | ".join(row) + " |")
     return 0

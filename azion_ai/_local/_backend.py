@@ -56,6 +56,8 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         max_n: int = 16,
         lora_adapters: Mapping[str, str | os.PathLike[str]] | None = None,
         lora: str | None = None,
+        static_cache: bool = False,
+        compile: bool = False,
         image_loader: ImageLoader | None = None,
     ) -> None:
         if device not in ("auto", "cpu") and not device.startswith("cuda"):
@@ -71,6 +73,10 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         if lora is not None and lora not in self.lora_adapters:
             raise ValueError(f"lora={lora!r} is not among lora_adapters ({', '.join(sorted(self.lora_adapters)) or 'none'})")
         self.default_lora = lora
+        # Decode-path speed options: a static KV cache, and torch.compile of the decoding step on
+        # top of it. transformers skips compiling AWQ-quantized models (their quantizer says it
+        # cannot be compiled); static cache still applies there.
+        self.generation_options = {"static_cache": static_cache, "compile": compile}
         self._workers: dict[str, Any] = {}
         self._load_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -117,7 +123,7 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
                 from ._loading import load_model
 
                 loaded = load_model(model.id, model.family, self.model_path(model.id), self.device)
-                worker = ModelWorker(loaded, {})
+                worker = ModelWorker(loaded, self.generation_options)
                 self._workers[model.id] = worker
         return worker
 

@@ -387,6 +387,14 @@ class ModelWorker:
             pad_token_id=loaded.pad_token_id,
             repetition_penalty=1.0,
         )
+        if self.options.get("static_cache") or self.options.get("compile"):
+            config.cache_implementation = "static"
+        if self.options.get("compile"):
+            from transformers import CompileConfig
+
+            compile_config = CompileConfig(fullgraph=False, dynamic=False)
+            compile_config._compile_all_devices = True  # CPU too (transformers compiles only GPUs by default)
+            config.compile_config = compile_config
         sink = _Sink(job, builder)
         processors = LogitsProcessorList()
         if params.presence_penalty or params.frequency_penalty:
