@@ -393,7 +393,7 @@ class ModelWorker:
             from transformers import CompileConfig
 
             compile_config = CompileConfig(fullgraph=False, dynamic=False)
-            compile_config._compile_all_devices = True  # CPU too (transformers compiles only GPUs by default)
+            compile_config._compile_all_devices = True  # type: ignore[assignment]  # CPU too (transformers compiles only GPUs by default)
             config.compile_config = compile_config
         sink = _Sink(job, builder)
         processors = LogitsProcessorList()
