@@ -224,3 +224,31 @@ def test_local_files_only_under_the_allowed_directory(tmp_path):
     for escape in (f"file://{allowed}/../secret.png", (allowed / "link.png").as_uri()):
         with pytest.raises(ImageError, match="outside the allowed directory"):
             images.load(escape, "p")
+
+
+def test_download_timeout_redirect_limit_and_data_uri_size():
+    class Slow(httpx.BaseTransport):
+        def handle_request(self, request):
+            raise httpx.ReadTimeout("slow", request=request)
+
+    slow = ImageLoader(ImagePolicy(timeout=0.5), resolver=lambda h, p: ["93.184.216.34"], http_transport=Slow())
+    with pytest.raises(ImageError, match="timed out after 0.5s"):
+        slow.load("https://slow.example.com/a.png", "p")
+
+    class Loop(httpx.BaseTransport):
+        def __init__(self):
+            self.count = 0
+
+        def handle_request(self, request):
+            self.count += 1
+            return httpx.Response(302, headers={"location": f"/hop{self.count}"})
+
+    loop = Loop()
+    images = ImageLoader(ImagePolicy(max_redirects=3), resolver=lambda h, p: ["93.184.216.34"], http_transport=loop)
+    with pytest.raises(ImageError, match="more than 3 redirects"):
+        images.load("https://loop.example.com/a.png", "p")
+    assert loop.count == 4
+
+    tiny = ImageLoader(ImagePolicy(max_bytes=100))
+    with pytest.raises(ImageError, match="larger than 100 bytes"):
+        tiny.load(png_data_uri(size=(300, 300)), "p")
