@@ -50,7 +50,7 @@ def decode_bytes_per_token(model: Any) -> int:
     return total
 
 
-def run(size: str, device: str, prompt_tokens: int, new_tokens: int, concurrency: int, rounds: int, **speed: bool) -> list[tuple[str, str, str]]:
+def run(size: str, device: str, prompt_tokens: int, new_tokens: int, concurrency: int, rounds: int, **speed: Any) -> list[tuple[str, str, str]]:
     import torch
 
     from azion_ai import AI
@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, CPU, few tokens")
     parser.add_argument("--static-cache", action="store_true", help="the backend's static KV cache option")
     parser.add_argument("--compile", action="store_true", help="static cache + torch.compile of the decode step")
+    parser.add_argument("--max-batch-size", type=int, default=1, help="batch waiting requests (the concurrent row)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.size, args.device, args.prompt_tokens, args.new_tokens, args.concurrency, args.rounds = "tiny", "cpu", 16, 8, 2, 1
@@ -155,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    rows = run(args.size, args.device, args.prompt_tokens, args.new_tokens, args.concurrency, args.rounds, static_cache=args.static_cache, compile=args.compile)
+    rows = run(args.size, args.device, args.prompt_tokens, args.new_tokens, args.concurrency, args.rounds, static_cache=args.static_cache, compile=args.compile, max_batch_size=args.max_batch_size)
     mode = "compile" if args.compile else ("static cache" if args.static_cache else "eager")
+    mode += f", max_batch_size {args.max_batch_size}"
     print(f"| model | measure ({args.size} shapes, {args.device}, {mode}) | value |\n| --- | --- | --- |")
     for row in rows:
         print("| " + " | ".join(row) + " |")

@@ -220,3 +220,54 @@ def test_32_concurrent_streams_then_half_cancelled(local_ai):
         t.join(300)
     assert not errors
     assert results == {p: expected[p] for i, p in enumerate(prompts) if i % 2}
+
+
+@pytest.mark.local
+@pytest.mark.parametrize("model_id", [INTERNVL, QWEN])
+def test_batched_concurrent_requests_match_sequential(tiny_dirs, local_ai, model_id, monkeypatch):
+    """With max_batch_size > 1, waiting requests share one generate() call: same answers, no cross-talk."""
+    from azion_ai._local import _engine
+
+    prompts = [f"Tell me about topic number {i} please" + " and more" * (i % 4) for i in range(12)]
+    base = {"max_tokens": 10, "temperature": 0}
+    expected = {p: local_ai.run(model_id, {**base, "messages": [{"role": "user", "content": p}]}).choices[0].message.content for p in prompts}
+    sizes: list[int] = []
+    original = _engine.ModelWorker._run
+
+    def spy(self, jobs):
+        sizes.append(len(jobs))
+        return original(self, jobs)
+
+    monkeypatch.setattr(_engine.ModelWorker, "_run", spy)
+    results: dict[str, str] = {}
+    errors: list[BaseException] = []
+    with AI(backend="local", models={model_id: str(tiny_dirs[model_id])}, device="cpu", max_batch_size=8) as ai:
+        ai.run(model_id, {**base, "messages": [{"role": "user", "content": "warm up"}]})
+        gate = threading.Event()
+
+        def one(i: int, prompt: str) -> None:
+            try:
+                gate.wait()
+                payload = {**base, "messages": [{"role": "user", "content": prompt}], "stream": i % 2 == 0}
+                if i == 5:
+                    payload["max_tokens"] = 3  # a shorter budget inside a batch
+                out = ai.run(model_id, payload)
+                final = out.get_final_completion() if i % 2 == 0 else out
+                results[prompt] = (final.choices[0].message.content, final.usage.completion_tokens, final.choices[0].finish_reason)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one, args=(i, p)) for i, p in enumerate(prompts)]
+        for t in threads:
+            t.start()
+        gate.set()
+        for t in threads:
+            t.join(300)
+    assert not errors
+    assert max(sizes) > 1  # some requests really were batched
+    for i, p in enumerate(prompts):
+        content, tokens, reason = results[p]
+        if i == 5:
+            assert tokens == 3 and reason == "length" and expected[p].startswith(content)
+            continue
+        assert (content, tokens) == (expected[p], 10)

@@ -58,6 +58,7 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         lora: str | None = None,
         static_cache: bool = False,
         compile: bool = False,
+        max_batch_size: int = 1,
         image_loader: ImageLoader | None = None,
     ) -> None:
         if device not in ("auto", "cpu") and not device.startswith("cuda"):
@@ -76,7 +77,11 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         # Decode-path speed options: a static KV cache, and torch.compile of the decoding step on
         # top of it. transformers skips compiling AWQ-quantized models (their quantizer says it
         # cannot be compiled); static cache still applies there.
-        self.generation_options = {"static_cache": static_cache, "compile": compile}
+        # max_batch_size > 1: requests waiting for a model's worker that share sampling settings
+        # and carry no images run together in one generate() call (left-padded).
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self.generation_options = {"static_cache": static_cache, "compile": compile, "max_batch_size": max_batch_size}
         self._workers: dict[str, Any] = {}
         self._load_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()

@@ -8,6 +8,7 @@ touches the model runs on two threads at once; callers only read the events a jo
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -230,11 +231,16 @@ class _PenaltyProcessor:
 
 
 class _Sink:
-    """Receives each step's tokens from ``generate`` (the streamer protocol) and stops on cancel."""
+    """Receives each step's tokens from ``generate`` (the streamer protocol) and stops rows.
 
-    def __init__(self, job: Job, builder: ResponseBuilder) -> None:
-        self.job = job
-        self.builder = builder
+    A batch holds one or more jobs, each owning ``n`` consecutive rows (one per choice). A row
+    stops when its choice has finished or its job was cancelled.
+    """
+
+    def __init__(self, jobs: list[Job], builders: list[ResponseBuilder], n: int) -> None:
+        self.jobs = jobs
+        self.builders = builders
+        self.n = n
         self._prompt_seen = False
 
     def put(self, value: Any) -> None:
@@ -242,9 +248,11 @@ class _Sink:
             self._prompt_seen = True  # generate() first hands over the prompt
             return
         rows = value.reshape(-1).tolist()
-        chunk = self.builder.step(rows)
-        if chunk is not None and self.job.stream:
-            self.job.emit(("chunk", chunk))
+        n = self.n
+        for j, (job, builder) in enumerate(zip(self.jobs, self.builders, strict=True)):
+            chunk = builder.step(rows[j * n : (j + 1) * n])
+            if chunk is not None and job.stream:
+                job.emit(("chunk", chunk))
 
     def end(self) -> None:
         return None
@@ -252,8 +260,12 @@ class _Sink:
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:  # StoppingCriteria
         import torch
 
-        stop = self.job.cancelled.is_set() or self.builder.all_finished
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+        stop = [
+            job.cancelled.is_set() or choice.finish_reason is not None
+            for job, builder in zip(self.jobs, self.builders, strict=True)
+            for choice in builder.choices
+        ]
+        return torch.tensor(stop, dtype=torch.bool, device=input_ids.device)
 
 
 class ModelWorker:
@@ -264,6 +276,7 @@ class ModelWorker:
         self.options = dict(options)
         self._peft: Any = None  # the PeftModel wrapping the model once an adapter is loaded
         self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._pending: collections.deque[Job | None] = collections.deque()
         self._thread = threading.Thread(target=self._loop, name=f"azion-ai-{loaded.model_id}", daemon=True)
         self._thread.start()
 
@@ -276,18 +289,43 @@ class ModelWorker:
         self._queue.put(None)
         self._thread.join(timeout=30)
 
+    def _next(self, block: bool = True) -> Job | None:
+        if self._pending:
+            return self._pending.popleft()
+        return self._queue.get() if block else self._queue.get_nowait()
+
+    def _batch(self, first: Job) -> list[Job]:
+        """``first`` plus queued jobs that can share its generate() call (same settings, no images)."""
+        limit = int(self.options.get("max_batch_size") or 1)
+        key = _batch_key(first)
+        batch = [first]
+        while key is not None and len(batch) < limit:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None and not job.cancelled.is_set() and _batch_key(job) == key:
+                batch.append(job)
+            else:
+                self._pending.append(job)
+                if job is None:
+                    break
+        return batch
+
     def _loop(self) -> None:
         while True:
-            job = self._queue.get()
+            job = self._next()
             if job is None:
                 return
             if job.cancelled.is_set():
                 job.emit(("error", LocalBackendError("request was cancelled before it started")))
                 continue
+            batch = self._batch(job)
             try:
-                self._run(job)
-            except BaseException as exc:  # noqa: BLE001 - every failure goes to the caller
-                job.emit(("error", exc))
+                self._run(batch)
+            except BaseException as exc:  # noqa: BLE001 - every failure goes to the callers
+                for member in batch:
+                    member.emit(("error", exc))
                 self._after_error(exc)
 
     def _after_error(self, exc: BaseException) -> None:
@@ -325,10 +363,14 @@ class ModelWorker:
         self._peft.set_adapter(name)
         return contextlib.nullcontext()
 
-    def _prepare(self, job: Job) -> Any:
+    def _prepare(self, jobs: list[Job]) -> Any:
         processor = self.loaded.processor
-        text = processor.apply_chat_template(job.conversation, add_generation_prompt=True, tokenize=False)
-        kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
+        texts = [processor.apply_chat_template(j.conversation, add_generation_prompt=True, tokenize=False) for j in jobs]
+        kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt"}
+        if len(jobs) > 1:  # batches hold no images (see _batch_key)
+            kwargs.update(padding=True, padding_side="left")
+            return processor(**kwargs)
+        job = jobs[0]
         if job.images:
             kwargs["images"] = job.images
             limits = job.image_limits
@@ -343,30 +385,27 @@ class ModelWorker:
                 kwargs["max_patches"] = limits["max_tiles"]
         return processor(**kwargs)
 
-    def _run(self, job: Job) -> None:
-        import torch
-        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
-
-        loaded = self.loaded
-        inputs = self._prepare(job)
-        prompt_len = int(inputs["input_ids"].shape[1])
+    @staticmethod
+    def _budget(job: Job, prompt_len: int) -> int:
+        """max_tokens for this job, or a ValidationError if the prompt leaves no room for it."""
         context = job.model.context_length
-        params = job.params
-        if params.max_tokens is not None and prompt_len + params.max_tokens > context:
+        wanted = job.params.max_tokens
+        if wanted is not None and prompt_len + wanted > context:
             raise ValidationError(
                 job.model.id,
-                [ValidationIssue("max_tokens", f"the prompt is {prompt_len} tokens; with max_tokens {params.max_tokens} that exceeds the context length of {context}")],
+                [ValidationIssue("max_tokens", f"the prompt is {prompt_len} tokens; with max_tokens {wanted} that exceeds the context length of {context}")],
             )
-        max_tokens = params.max_tokens if params.max_tokens is not None else context - prompt_len
-        if max_tokens < 1:
+        budget = wanted if wanted is not None else context - prompt_len
+        if budget < 1:
             raise ValidationError(
                 job.model.id, [ValidationIssue("messages", f"the prompt is {prompt_len} tokens, which fills the context length of {context}")]
             )
-        builder = ResponseBuilder(loaded, job.model.id, params.n, job.tools, max_tokens, prompt_len)
-        job.emit(("started", prompt_len))
-        if job.stream:
-            job.emit(("chunk", builder.first_chunk()))
+        return budget
 
+    def _generation_config(self, params: SamplingParams, max_new_tokens: int) -> Any:
+        from transformers import GenerationConfig
+
+        loaded = self.loaded
         temperature, top_p = params.temperature, params.top_p
         top_k = 0
         if temperature is None and top_p is None:
@@ -377,7 +416,7 @@ class ModelWorker:
         # Every sampling field is set explicitly: transformers fills unset ones from the
         # checkpoint's generation_config (Qwen's has repetition_penalty 1.05, top_k 1).
         config = GenerationConfig(
-            max_new_tokens=max_tokens,
+            max_new_tokens=max_new_tokens,
             do_sample=sample,
             temperature=temperature if sample else 1.0,
             top_p=(1.0 if top_p is None else float(top_p)) if sample else 1.0,
@@ -395,14 +434,48 @@ class ModelWorker:
             compile_config = CompileConfig(fullgraph=False, dynamic=False)
             compile_config._compile_all_devices = True  # type: ignore[assignment]  # CPU too (transformers compiles only GPUs by default)
             config.compile_config = compile_config
-        sink = _Sink(job, builder)
+        return config
+
+    def _run(self, jobs: list[Job]) -> None:
+        import torch
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        loaded = self.loaded
+        inputs = self._prepare(jobs)
+        lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        live: list[int] = []
+        builders: list[ResponseBuilder] = []
+        for i, job in enumerate(jobs):
+            try:
+                budget = self._budget(job, int(lengths[i]))
+            except ValidationError as exc:
+                if len(jobs) == 1:
+                    raise
+                job.emit(("error", exc))
+                continue
+            live.append(i)
+            builders.append(ResponseBuilder(loaded, job.model.id, job.params.n, job.tools, budget, int(lengths[i])))
+        if len(live) < len(jobs):
+            if not live:
+                return
+            inputs = {k: v[live] for k, v in inputs.items()}
+            jobs = [jobs[i] for i in live]
+        for job, builder in zip(jobs, builders, strict=True):
+            job.emit(("started", builder.prompt_tokens))
+            if job.stream:
+                job.emit(("chunk", builder.first_chunk()))
+
+        params = jobs[0].params  # a batch shares its sampling settings
+        config = self._generation_config(params, max(b.max_tokens for b in builders))
+        sink = _Sink(jobs, builders, params.n)
         processors = LogitsProcessorList()
         if params.presence_penalty or params.frequency_penalty:
-            processors.append(_PenaltyProcessor(prompt_len, params.presence_penalty, params.frequency_penalty))
+            width = int(inputs["input_ids"].shape[1])  # rows are left-padded to one width
+            processors.append(_PenaltyProcessor(width, params.presence_penalty, params.frequency_penalty))
         model_inputs = {k: v.to(loaded.device) for k, v in inputs.items()}
         if "pixel_values" in model_inputs and loaded.model.dtype.is_floating_point:
             model_inputs["pixel_values"] = model_inputs["pixel_values"].to(loaded.model.dtype)
-        with torch.inference_mode(), self._adapter_context(job):
+        with torch.inference_mode(), self._adapter_context(jobs[0]):
             loaded.model.generate(
                 **model_inputs,
                 generation_config=config,
@@ -410,10 +483,20 @@ class ModelWorker:
                 stopping_criteria=StoppingCriteriaList([sink]),
                 streamer=sink,
             )
-        if job.cancelled.is_set():
-            job.emit(("error", LocalBackendError("request was cancelled")))
-            return
-        for chunk in builder.finish():
-            if job.stream:
-                job.emit(("chunk", chunk))
-        job.emit(("done", builder.completion()))
+        for job, builder in zip(jobs, builders, strict=True):
+            if job.cancelled.is_set():
+                job.emit(("error", LocalBackendError("request was cancelled")))
+                continue
+            for chunk in builder.finish():
+                if job.stream:
+                    job.emit(("chunk", chunk))
+            job.emit(("done", builder.completion()))
+
+
+def _batch_key(job: Job) -> tuple[Any, ...] | None:
+    """Jobs with equal keys can run in one generate() call; None: this one runs alone."""
+    if job.images:
+        return None
+    p = job.params
+    adapter = job.adapter[0] if job.adapter else None
+    return (adapter, p.temperature, p.top_p, p.n, p.presence_penalty, p.frequency_penalty)
