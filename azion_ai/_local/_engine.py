@@ -289,10 +289,9 @@ class ModelWorker:
         self._queue.put(None)
         self._thread.join(timeout=30)
 
-    def _next(self, block: bool = True) -> Job | None:
-        if self._pending:
-            return self._pending.popleft()
-        return self._queue.get() if block else self._queue.get_nowait()
+    def _next(self) -> Job | None:
+        """Jobs set aside while forming a batch go first, in their order; then the queue."""
+        return self._pending.popleft() if self._pending else self._queue.get()
 
     def _batch(self, first: Job) -> list[Job]:
         """``first`` plus queued jobs that can share its generate() call (same settings, no images)."""
