@@ -86,10 +86,8 @@ def main(cache_dir: str | None = None) -> int:
 
     server = ChatServer(models, device="auto", api_key="demo-key")
     with BackgroundServer(server.app) as running:
-        import time
-
-        while server.states and not all(s.ready.is_set() for s in server.states.values()):
-            time.sleep(0.05)
+        for state in server.states.values():
+            state.ready.wait()
         _say(f"\n== serving the same models at {running.base_url} (azion-ai serve), called with the remote transport")
         with AI(base_url=running.base_url, token="demo-key") as remote:
             _tour(remote, "served", image)

@@ -54,15 +54,9 @@ def run(size: str, device: str, prompt_tokens: int, new_tokens: int, concurrency
     import torch
 
     from azion_ai import AI
-    from azion_ai._local._tiny import build_internvl3, build_qwen25_vl_awq, default_cache_dir
+    from azion_ai._local._tiny import default_cache_dir, ensure_tiny_checkpoints
 
-    root = default_cache_dir().parent / f"bench-{size}"
-    dirs = {QWEN: root / QWEN, INTERNVL: root / INTERNVL}
-    builders = {QWEN: build_qwen25_vl_awq, INTERNVL: build_internvl3}
-    for model_id, directory in dirs.items():
-        if not (directory / ".built").exists():
-            builders[model_id](directory, full_size=size == "full")  # type: ignore[operator]
-            (directory / ".built").write_text("1")
+    dirs = ensure_tiny_checkpoints(default_cache_dir().parent / f"bench-{size}", full_size=size == "full")
     rows: list[tuple[str, str, str]] = []
     gpu_name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     bandwidth = next((bw for key, bw in HBM_BYTES_PER_S.items() if key in gpu_name), None)

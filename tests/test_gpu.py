@@ -16,10 +16,9 @@ pytestmark = pytest.mark.gpu
 
 @pytest.fixture(scope="module")
 def full_dirs(tmp_path_factory):
-    from azion_ai._local._tiny import build_internvl3, build_qwen25_vl_awq
+    from azion_ai._local._tiny import ensure_tiny_checkpoints
 
-    root = tmp_path_factory.mktemp("full")
-    return {QWEN_ID: build_qwen25_vl_awq(root / "qwen", full_size=True), INTERNVL_ID: build_internvl3(root / "internvl", full_size=True)}
+    return ensure_tiny_checkpoints(tmp_path_factory.mktemp("full"), full_size=True)
 
 
 def test_awq_uses_a_cuda_kernel_and_generates(full_dirs):

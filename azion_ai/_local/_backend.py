@@ -192,31 +192,25 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         )
         return worker, job
 
+    # A job emits ("started", n), then ("chunk", dict)... for streams only, then ("done", body);
+    # ("error", exc) can replace any of them.
+
     def handle_request(self, request: ChatRequest) -> TransportResponse:
         events: queue.Queue[tuple[str, Any]] = queue.Queue()
         worker, job = self._job(request, events.put)
         worker.submit(job)
-        kind, value = events.get()
-        if kind == "error":
-            raise _public(value)
+        _value(*events.get())  # started: the prompt fit and generation began
         if not request.stream:
-            kind, value = events.get()
-            while kind == "chunk":
-                kind, value = events.get()
-            if kind == "error":
-                raise _public(value)
-            return TransportResponse(body=value)
+            return TransportResponse(body=_value(*events.get()))
 
         def chunks() -> Iterator[dict[str, Any]]:
             try:
                 while True:
                     kind, value = events.get()
-                    if kind == "chunk":
-                        yield value
-                    elif kind == "done":
+                    value = _value(kind, value)
+                    if kind == "done":
                         return
-                    else:
-                        raise _public(value)
+                    yield value
             finally:
                 job.cancel()
 
@@ -236,16 +230,9 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         worker, job = await anyio.to_thread.run_sync(self._job, request, emit)
         worker.submit(job)
         try:
-            kind, value = await events.get()
-            if kind == "error":
-                raise _public(value)
+            _value(*await events.get())
             if not request.stream:
-                kind, value = await events.get()
-                while kind == "chunk":
-                    kind, value = await events.get()
-                if kind == "error":
-                    raise _public(value)
-                return AsyncTransportResponse(body=value)
+                return AsyncTransportResponse(body=_value(*await events.get()))
         except BaseException:
             job.cancel()
             raise
@@ -254,12 +241,10 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
             try:
                 while True:
                     kind, value = await events.get()
-                    if kind == "chunk":
-                        yield value
-                    elif kind == "done":
+                    value = _value(kind, value)
+                    if kind == "done":
                         return
-                    else:
-                        raise _public(value)
+                    yield value
             finally:
                 job.cancel()
 
@@ -267,6 +252,13 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
             job.cancel()
 
         return AsyncTransportResponse(events=chunks(), aclose=aclose)
+
+
+def _value(kind: str, value: Any) -> Any:
+    """An event's value; an error event raises it as the SDK's own exception."""
+    if kind == "error":
+        raise _public(value)
+    return value
 
 
 def _public(exc: BaseException) -> BaseException:

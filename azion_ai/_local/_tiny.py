@@ -393,8 +393,8 @@ def default_cache_dir() -> Path:
     return Path(root) / "azion_ai" / f"tiny-v{BUILD_VERSION}"
 
 
-def ensure_tiny_checkpoints(cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Path]:
-    """Build (once, then reuse) the tiny checkpoints; returns model id -> directory."""
+def ensure_tiny_checkpoints(cache_dir: str | os.PathLike[str] | None = None, *, full_size: bool = False) -> dict[str, Path]:
+    """Build (once, then reuse) the checkpoints (tiny, or the real shapes); model id -> directory."""
     from .._models import INTERNVL3_1B, QWEN25_VL_3B_AWQ
 
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -405,7 +405,7 @@ def ensure_tiny_checkpoints(cache_dir: str | os.PathLike[str] | None = None) -> 
         if marker.exists() and marker.read_text() == BUILD_VERSION:
             continue
         tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
-        builders[model_id](tmp)
+        builders[model_id](tmp, full_size=full_size)
         (tmp / ".built").write_text(BUILD_VERSION)
         if directory.exists():
             import shutil
