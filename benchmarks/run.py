@@ -86,27 +86,67 @@ def large_payload() -> dict[str, Any]:
     return {"messages": messages, "tools": tools, "temperature": 0.7, "max_tokens": 512, "stream": True}
 
 
+VALIDATED: list[tuple[str, dict[str, Any], float]] = []  # (label, payload, warm seconds) for the share rows
+
+
 def bench_validation(reps: int) -> list[Row]:
+    """Our full validation (compiled schema check + the rules the schema cannot express) beside
+    jsonschema's ``is_valid`` alone on the same schema, interleaved."""
+    from jsonschema import Draft7Validator
     from seeds import example_payloads
 
     import azion_ai
     from azion_ai import _validation
 
     rows: list[Row] = []
-    cases = [(f"seed example {i + 1} ({QWEN})", QWEN, p) for i, p in enumerate(example_payloads(QWEN))]
-    cases.append(("large: 61 messages, 40 images, 20 tool calls, 10 tools", QWEN, large_payload()))
+    cases = [(f"seed example {i + 1} ({QWEN})", p) for i, p in enumerate(example_payloads(QWEN))]
+    cases.append(("large: 61 messages, 40 images, 20 tool calls, 10 tools", large_payload()))
     model = azion_ai.get_model(QWEN)
-    for label, model_id, payload in cases:
-        _validation.forget_validator(model_id)
+    reference = Draft7Validator(_validation._without_dangling_refs(model.schema))
+    for label, payload in cases:
+        _validation.forget_validator(QWEN)
         t = time.perf_counter()
         _validation.validate_payload(model, payload)
         first = time.perf_counter() - t
-        warm = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            _validation.validate_payload(model, payload)
-            warm.append(time.perf_counter() - t)
-        rows.append(("validation", label, f"first {first * 1e6:.0f} us; warm median {median(warm) * 1e6:.0f} us, p99 {p99(warm) * 1e6:.0f} us", ""))
+        assert reference.is_valid(payload)
+        # Interleaved in blocks (each call timed on its own), so neither warms the other's caches.
+        blocks, size = (reps // 50, 50) if len(payload["messages"]) < 10 else (max(1, reps // 200), 5)
+        ours, peer = [], []
+        for _ in range(max(1, blocks)):
+            for _ in range(size):
+                t = time.perf_counter()
+                _validation.validate_payload(model, payload)
+                ours.append(time.perf_counter() - t)
+            for _ in range(size):
+                t = time.perf_counter()
+                reference.is_valid(payload)
+                peer.append(time.perf_counter() - t)
+        o, j = median(ours), median(peer)
+        VALIDATED.append((label, payload, o))
+        rows.append(("validation", f"azion_ai, {label}", f"first {first * 1e6:.0f} us; warm median {o * 1e6:.1f} us, p99 {p99(ours) * 1e6:.1f} us", f"{o / j:.3f}x jsonschema time"))
+        rows.append(("validation", f"jsonschema is_valid, {label}", f"warm median {j * 1e6:.1f} us, p99 {p99(peer) * 1e6:.1f} us", "1.00x"))
+    return rows
+
+
+def bench_validation_share(requests: int, rounds: int) -> list[Row]:
+    """Validation's share of a whole request carrying the same payload: azion_ai (sync,
+    non-stream) against the canned loopback server, validation included, as in row 3."""
+    import azion_ai
+
+    rows: list[Row] = []
+    with CannedServer() as server, azion_ai.AI(base_url=server.base_url, token="bench") as ai:
+        for label, payload, validation in VALIDATED:
+            body = {**payload, "stream": False}
+            ai.run(QWEN, body)
+            n = requests if len(payload["messages"]) < 10 else max(1, requests // 10)
+            times = []
+            for _ in range(rounds):
+                t = time.perf_counter()
+                for _ in range(n):
+                    ai.run(QWEN, body)
+                times.append((time.perf_counter() - t) / n)
+            request = median(times)
+            rows.append(("validation share", label, f"{validation / request * 100:.2f}% of the request's time", f"request {request * 1e6:,.0f} us, validation {validation * 1e6:.1f} us"))
     return rows
 
 
@@ -223,9 +263,9 @@ def bench_overhead(requests: int, rounds: int, concurrency: int) -> list[Row]:
             kind = "stream (16 chunks)" if stream else "non-stream"
             # sequential, sync and async, interleaved round by round
             times: dict[str, list[float]] = {k: [] for k in [*sync, *asyn]}
-            for name, fn in sync.items():
+            for fn in sync.values():
                 fn(stream)
-            for name, afn in asyn.items():
+            for afn in asyn.values():
                 loop.run_until_complete(afn(stream))
             for _ in range(rounds):
                 for name, fn in sync.items():
@@ -397,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_validation(5 if smoke else 2000)
     if "overhead" in chosen:
         rows += bench_overhead(requests=3 if smoke else 200, rounds=1 if smoke else 5, concurrency=4 if smoke else 64)
+    if "validation" in chosen:
+        rows += bench_validation_share(requests=3 if smoke else 200, rounds=1 if smoke else 5)
     if "sse" in chosen:
         rows += bench_sse([50, 100] if smoke else [10_000, 20_000], 100_000 if smoke else 5_000_000, 1 if smoke else 5)
     if "local" in chosen:

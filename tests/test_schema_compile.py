@@ -1,0 +1,251 @@
+"""The compiled fast path (``_schema_compile``) against jsonschema, the reference.
+
+"valid" from the fast path must always mean jsonschema accepts the payload and nothing in it is
+nested past the limit; on the real schemas and on a schema that uses every translated keyword,
+its answers are checked against jsonschema's for thousands of generated values."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft7Validator
+from payload_strategies import json_values, mutated
+from seeds import INTERNVL, QWEN, example_payloads
+
+import azion_ai
+from azion_ai import ValidationError, _validation
+from azion_ai._schema_compile import Unsupported, compile_schema
+
+LIMIT = _validation.MAX_DEPTH
+
+
+def depth(value, level=0):
+    if isinstance(value, dict):
+        return max([depth(v, level + 1) for v in value.values()], default=level)
+    if isinstance(value, list):
+        return max([depth(v, level + 1) for v in value], default=level)
+    return level
+
+
+def reference(model_id):
+    model = azion_ai.get_model(model_id)
+    return _validation._fast_check_for(model), _validation._validator_for(model)
+
+
+def agree(fast, full, payload):
+    answer = fast(payload)
+    if depth(payload) > LIMIT:
+        assert answer is False  # never "valid" past the limit
+    else:
+        assert answer is full.is_valid(payload), payload
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated())
+def test_real_schemas_mutated_seeds(case):
+    model_id, payload = case
+    fast, full = reference(model_id)
+    agree(fast, full, payload)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([QWEN, INTERNVL]), st.fixed_dictionaries({"messages": st.lists(json_values, max_size=4)}, optional={"tools": json_values, "n": json_values, "temperature": json_values}))
+def test_real_schemas_random_messages(model_id, payload):
+    fast, full = reference(model_id)
+    agree(fast, full, payload)
+
+
+def test_real_schemas_handwritten_cases():
+    fast, full = reference(QWEN)
+    user = {"role": "user", "content": "hi"}
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    cases = [
+        {"messages": [user]},
+        {"messages": [user], "n": 2.0},  # an integral float is an integer in JSON Schema
+        {"messages": [user], "n": 2.5},
+        {"messages": [user], "n": True},
+        {"messages": [user], "temperature": float("nan")},
+        {"messages": [{"role": "assistant", "content": "x", "tool_calls": [call]}]},  # both forms match: oneOf fails
+        {"messages": [{"role": "assistant", "tool_calls": [call]}]},
+        {"messages": [{"role": "assistant", "content": "x"}]},
+        {"messages": [{"role": "tool", "content": "x", "tool_call_id": "c1"}]},
+        {"messages": [{"role": "tool", "content": "x"}]},
+        {"messages": [{"role": ["user"], "content": "x"}]},
+        {"messages": [user], "tools": [{"type": "function", "function": {"name": "f", "parameters": {"a": [[{"b": 1}]]}}}]},
+        {"messages": [user], "extra": {"free": ["values", {"are": "allowed"}]}},
+        {"messages": "not a list"},
+        {"messages": [user, 5]},
+    ]
+    for payload in cases:
+        agree(fast, full, payload)
+    for payload in example_payloads(QWEN):
+        assert fast(payload) is True
+
+
+def nested(levels, leaf="x"):
+    value = leaf
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_depth_limit_is_exact_in_free_values():
+    fast, _ = reference(QWEN)
+    # "extra" sits at depth 1, so its innermost value sits at depth 1 + levels.
+    assert fast({"messages": [], "extra": nested(LIMIT - 1)}) is True
+    assert fast({"messages": [], "extra": nested(LIMIT)}) is False
+    assert fast({"messages": [], "extra": nested(5000)}) is False
+    with pytest.raises(ValidationError, match="nested deeper"):
+        azion_ai.validate(QWEN, {"messages": [{"role": "user", "content": "x"}], "extra": nested(LIMIT)})
+    azion_ai.validate(QWEN, {"messages": [{"role": "user", "content": "x"}], "extra": nested(LIMIT - 1)})
+
+
+# -- every translated keyword, against jsonschema ----------------------------------------------------
+
+KITCHEN_SINK = {
+    "definitions": {
+        "tree": {"type": "object", "properties": {"value": {"type": "integer"}, "children": {"type": "array", "items": {"$ref": "#/definitions/tree"}}}},
+    },
+    "type": "object",
+    "properties": {
+        "s": {"type": "string", "minLength": 1, "maxLength": 4, "pattern": "^[a-c]+$"},
+        "n": {"type": ["number", "null"], "minimum": -1, "maximum": 3},
+        "ex": {"exclusiveMinimum": 0, "exclusiveMaximum": 2},
+        "i": {"type": "integer"},
+        "b": {"type": "boolean"},
+        "e": {"enum": [1, "1", None, [1, 2], {"a": 1}]},
+        "c": {"const": 0},
+        "list": {"type": "array", "minItems": 1, "maxItems": 3, "items": {"type": "string"}},
+        "tup": {"type": "array", "items": [{"type": "integer"}, {"type": "string"}]},
+        "has": {"contains": {"const": "x"}},
+        "any": {"anyOf": [{"type": "string"}, {"type": "integer", "minimum": 5}]},
+        "all": {"allOf": [{"type": "object"}, {"required": ["k"]}]},
+        "one": {"oneOf": [{"type": "integer"}, {"type": "number", "minimum": 2}]},
+        "tagged": {"oneOf": [
+            {"type": "object", "required": ["kind"], "properties": {"kind": {"enum": ["a"]}, "v": {"type": "string"}}},
+            {"type": "object", "required": ["kind"], "properties": {"kind": {"const": "b"}, "v": {"type": "integer"}}},
+            {"type": "object", "required": ["kind"], "properties": {"kind": {"enum": ["b", "c"]}}},
+        ]},
+        "neg": {"not": {"type": "string"}},
+        "cond": {"if": {"required": ["x"]}, "then": {"required": ["y"]}, "else": {"maxProperties": 1}},
+        "closed": {"type": "object", "properties": {"a": {}}, "additionalProperties": False},
+        "typed_extra": {"type": "object", "additionalProperties": {"type": "integer"}, "minProperties": 1},
+        "patterns": {"type": "object", "patternProperties": {"^x": {"type": "string"}}, "additionalProperties": False},
+        "names": {"type": "object", "propertyNames": {"maxLength": 2}},
+        "deps": {"type": "object", "dependencies": {"a": ["b"], "c": {"required": ["d"]}}},
+        "tree": {"$ref": "#/definitions/tree"},
+        "yes": True,
+        "no": False,
+    },
+}
+
+PROPERTIES = list(KITCHEN_SINK["properties"])
+KEYS = PROPERTIES + ["k", "x", "y", "a", "b", "c", "d", "kind", "v", "value", "children", "xa", "zz"]
+# Boundary values of the schema's bounds, and JSON look-alikes (1 vs 1.0 vs true, "1" vs 1).
+leaves = st.one_of(
+    st.sampled_from([None, True, False, 0, 1, 2, 3, -1, 5, 0.0, 1.0, 2.0, 2.5, -1.5, 3.0, "", "a", "abc", "abcd", "x", "1", "zzzzz"]),
+    st.integers(-3, 8),
+    st.floats(-3, 8),
+)
+values = st.recursive(leaves, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.sampled_from(KEYS), kids, max_size=4), max_leaves=20)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.dictionaries(st.sampled_from(KEYS), values, max_size=6))
+def test_every_keyword_matches_jsonschema(instance):
+    fast = compile_schema(KITCHEN_SINK, max_depth=LIMIT)
+    assert fast(instance) is Draft7Validator(KITCHEN_SINK).is_valid(instance), instance
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.sampled_from(PROPERTIES), st.one_of(leaves, values, st.dictionaries(st.sampled_from(["a", "b", "c", "d", "k", "x", "y", "xa", "zz", "kind", "v"]), leaves, max_size=3)))
+def test_each_keyword_alone_matches_jsonschema(name, value):
+    # One property at a time: the rest of the instance cannot hide a wrong answer.
+    fast = compile_schema(KITCHEN_SINK, max_depth=LIMIT)
+    assert fast({name: value}) is Draft7Validator(KITCHEN_SINK).is_valid({name: value}), value
+
+
+EDGE_CASES = [
+    {"c": 0}, {"c": 0.0}, {"c": False}, {"e": 1.0}, {"e": True}, {"e": "1"}, {"e": [1, 2]}, {"e": [1, 2.0]}, {"e": [True, 2]}, {"e": {"a": 1}}, {"e": {"a": True}},
+    {"one": 1}, {"one": 3}, {"one": 2.5}, {"one": 1.5}, {"any": 5}, {"any": 4}, {"any": "x"},
+    {"ex": 0}, {"ex": 2}, {"ex": 1}, {"ex": 0.5}, {"n": -1}, {"n": 3}, {"n": 3.5}, {"n": None}, {"i": 2.0}, {"i": True}, {"i": 2.5},
+    {"patterns": {"xa": "s"}}, {"patterns": {"xa": 1}}, {"patterns": {"a": "s"}}, {"closed": {"a": [1]}}, {"closed": {"b": 1}},
+    {"typed_extra": {}}, {"typed_extra": {"q": 1}}, {"typed_extra": {"q": "1"}}, {"names": {"ab": 1}}, {"names": {"abc": 1}},
+    {"deps": {"a": 1}}, {"deps": {"a": 1, "b": 2}}, {"deps": {"c": 1}}, {"deps": {"c": 1, "d": 1}},
+    {"tagged": {"kind": "a", "v": "s"}}, {"tagged": {"kind": "a", "v": 1}}, {"tagged": {"kind": "b", "v": 1}}, {"tagged": {"kind": "b"}},
+    {"tagged": {"kind": "c"}}, {"tagged": {"kind": "d"}}, {"tagged": {"v": 1}}, {"tagged": "a"},
+    {"cond": {"x": 1, "y": 1}}, {"cond": {"x": 1}}, {"cond": {"a": 1, "b": 2}}, {"cond": {"a": 1}}, {"cond": 5},
+    {"neg": "s"}, {"neg": 1}, {"has": ["x"]}, {"has": ["y"]}, {"has": []}, {"list": []}, {"list": ["a"]}, {"list": ["a", "b", "c", "d"]},
+    {"tup": [1, "a", {"free": 1}]}, {"tup": ["a"]}, {"tup": [1]}, {"s": "abc"}, {"s": "abd"}, {"s": ""}, {"s": "abcab"},
+    {"all": {"k": 1}}, {"all": {}}, {"yes": [[1]]}, {"no": None},
+]
+
+
+def test_kitchen_sink_edge_cases_match_jsonschema():
+    fast = compile_schema(KITCHEN_SINK, max_depth=LIMIT)
+    answers = [Draft7Validator(KITCHEN_SINK).is_valid(case) for case in EDGE_CASES]
+    assert [fast(case) for case in EDGE_CASES] == answers
+    assert 0.3 < sum(answers) / len(answers) < 0.7  # both answers are well represented
+
+
+def test_recursive_schema_past_the_limit_is_refused_not_a_crash():
+    fast = compile_schema(KITCHEN_SINK, max_depth=LIMIT)
+    tree = {"value": 1}
+    for _ in range(400):
+        tree = {"value": 1, "children": [tree]}
+    assert fast({"tree": tree}) is False
+    shallow = {"value": 1, "children": [{"value": 2, "children": []}]}
+    assert fast({"tree": shallow}) is True
+
+
+def test_negation_is_exact_even_for_deep_values():
+    # A deep value must not make `not` accept what jsonschema rejects.
+    schema = {"not": {"required": ["a"]}}
+    fast = compile_schema(schema, max_depth=LIMIT)
+    assert fast({"a": nested(LIMIT + 5)}) is False
+    assert fast({"b": 1}) is True
+
+
+def test_deeply_nested_schemas_compile():
+    # Inlining stops before Python's limit on nested blocks; deeper levels become functions.
+    schema: dict = {"type": "string"}
+    instance: object = "leaf"
+    for level in range(40):
+        schema = {"type": "object", "required": [f"k{level}"], "properties": {f"k{level}": {"type": "array", "items": schema}}}
+        instance = {f"k{level}": [instance]}
+    fast = compile_schema(schema, max_depth=200)
+    assert fast(instance) is True
+    assert fast(instance | {"k39": [{"k38": "no"}]}) is False
+    assert compile_schema(schema, max_depth=LIMIT)(instance) is False  # 80 levels > 64
+
+
+def test_untranslated_keywords_fall_back_to_jsonschema():
+    with pytest.raises(Unsupported):
+        compile_schema({"type": "number", "multipleOf": 3}, max_depth=LIMIT)
+    schema = {"type": "object", "required": ["messages"], "properties": {"messages": {"type": "array"}, "seed": {"type": "integer", "multipleOf": 3}}}
+    info = azion_ai.ModelInfo(id="acme-multiple", schema=schema, context_length=2048)
+    azion_ai.register_model(info)
+    try:
+        azion_ai.validate("acme-multiple", {"messages": [{"role": "user", "content": "x"}], "seed": 6})
+        with pytest.raises(ValidationError, match="seed"):
+            azion_ai.validate("acme-multiple", {"messages": [{"role": "user", "content": "x"}], "seed": 7})
+        with pytest.raises(ValidationError, match="nested deeper"):
+            azion_ai.validate("acme-multiple", {"messages": [nested(LIMIT + 1)]})
+    finally:
+        from azion_ai import _models
+
+        _models._registry.pop("acme-multiple", None)
+        _validation.forget_validator("acme-multiple")
+
+
+def test_tuples_and_mappings_validate_like_lists_and_dicts():
+    from types import MappingProxyType
+
+    payload = {"messages": ({"role": "user", "content": ({"type": "text", "text": "hi"},)},)}
+    azion_ai.validate(QWEN, payload)
+    azion_ai.validate(QWEN, MappingProxyType(copy.deepcopy(payload)))
+    with pytest.raises(ValidationError, match=r"messages\[0\].content"):
+        azion_ai.validate(QWEN, {"messages": ({"role": "user", "content": ({"type": "text"},)},)})
