@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ._exceptions import AzionAIError, ValidationError
+from ._local._loading import AWQ_KERNELS
 from ._models import get_model, list_models
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -157,7 +158,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     api_key = args.api_key or os.environ.get("AZION_AI_SERVER_KEY")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it", file=sys.stderr)
-    serve(models, host=args.host, port=args.port, device=args.device, api_key=api_key)
+    speed = {"static_cache": args.static_cache, "compile": args.compile, "max_batch_size": args.max_batch_size}
+    if args.awq_kernel:
+        speed["awq_kernel"] = args.awq_kernel
+    serve(models, host=args.host, port=args.port, device=args.device, api_key=api_key, **speed)
     return EXIT_OK
 
 
@@ -203,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--api-key", help="require this bearer key (default: $AZION_AI_SERVER_KEY)")
     serve.add_argument("--device", default="auto")
+    serve.add_argument("--static-cache", action="store_true", help="static KV cache")
+    serve.add_argument("--compile", action="store_true", help="static cache + torch.compile (CUDA graphs on GPU)")
+    serve.add_argument("--max-batch-size", type=int, default=1, metavar="N", help="run up to N waiting requests together")
+    serve.add_argument("--awq-kernel", choices=AWQ_KERNELS, help="gptqmodel kernel for AWQ layers")
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="the end-to-end tour: local backend, server and remote transport")

@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/gpu.py --size full --device cuda     # on an H100: the real shapes
     .venv/bin/python benchmarks/gpu.py --smoke                        # tiny shapes on CPU: runs, proves nothing
+    .venv/bin/python benchmarks/gpu.py --size full --device cuda --awq-kernel auto,marlin,machete,exllama_v2,gemm
+                                                                      # Qwen's rows once per AWQ kernel
 
 Full-size checkpoints have the real Qwen2.5-VL-3B-AWQ and InternVL3-1B dimensions with random
 weights (AWQ layers packed in code), so speed is real without the real weights. Rows: batch-1
@@ -50,7 +52,7 @@ def decode_bytes_per_token(model: Any) -> int:
     return total
 
 
-def run(size: str, device: str, prompt_tokens: int, new_tokens: int, concurrency: int, rounds: int, **speed: Any) -> list[tuple[str, str, str]]:
+def run(size: str, device: str, prompt_tokens: int, new_tokens: int, concurrency: int, rounds: int, model_ids: tuple[str, ...] = (QWEN, INTERNVL), **speed: Any) -> list[tuple[str, str, str]]:
     import torch
 
     from azion_ai import AI
@@ -61,9 +63,10 @@ def run(size: str, device: str, prompt_tokens: int, new_tokens: int, concurrency
     gpu_name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     bandwidth = next((bw for key, bw in HBM_BYTES_PER_S.items() if key in gpu_name), None)
     with AI(backend="local", models={k: str(v) for k, v in dirs.items()}, device=device, **speed) as ai:
-        for model_id in (QWEN, INTERNVL):
+        for model_id in model_ids:
             ai.transport.load(model_id)  # type: ignore[attr-defined]
             loaded = ai.transport._workers[model_id].loaded  # type: ignore[attr-defined]
+            label = f"{model_id} [{loaded.awq_kernel}]" if loaded.awq_kernel else model_id
             words = " ".join(["capital"] * prompt_tokens)
             payload = {"messages": [{"role": "user", "content": words}], "max_tokens": new_tokens, "temperature": 0, "stream": True}
 
@@ -105,7 +108,7 @@ def run(size: str, device: str, prompt_tokens: int, new_tokens: int, concurrency
             # concurrent requests
             done: list[int] = []
 
-            def one() -> None:
+            def one(model_id: str = model_id, payload: dict[str, Any] = payload) -> None:
                 done.append(ai.run(model_id, {**payload, "stream": False}).usage.completion_tokens)  # type: ignore[union-attr]
 
             threads = [threading.Thread(target=one) for _ in range(concurrency)]
@@ -117,17 +120,17 @@ def run(size: str, device: str, prompt_tokens: int, new_tokens: int, concurrency
             throughput = sum(done) / (time.perf_counter() - t)
 
             d = statistics.median(decode)
-            rows.append((model_id, "batch-1 decode via ai.run (stream)", f"{d:,.1f} tok/s"))
-            rows.append((model_id, "batch-1 decode via plain generate()", f"{statistics.median(eager):,.1f} tok/s"))
-            rows.append((model_id, f"time to first token, {prompt_tokens}-token prompt", f"{statistics.median(ttft_text) * 1000:,.1f} ms"))
-            rows.append((model_id, "time to first token, one 448x448 image", f"{ttft_image * 1000:,.1f} ms"))
-            rows.append((model_id, f"{concurrency} concurrent requests, total", f"{throughput:,.1f} tok/s"))
+            rows.append((label, "batch-1 decode via ai.run (stream)", f"{d:,.1f} tok/s"))
+            rows.append((label, "batch-1 decode via plain generate()", f"{statistics.median(eager):,.1f} tok/s"))
+            rows.append((label, f"time to first token, {prompt_tokens}-token prompt", f"{statistics.median(ttft_text) * 1000:,.1f} ms"))
+            rows.append((label, "time to first token, one 448x448 image", f"{ttft_image * 1000:,.1f} ms"))
+            rows.append((label, f"{concurrency} concurrent requests, total", f"{throughput:,.1f} tok/s"))
             per_token = decode_bytes_per_token(loaded.model)
             if bandwidth:
                 ceiling = bandwidth / per_token
-                rows.append((model_id, f"HBM ceiling ({per_token / 1e9:.2f} GB/token on {gpu_name})", f"{ceiling:,.0f} tok/s; reached {d / ceiling:.1%}"))
+                rows.append((label, f"HBM ceiling ({per_token / 1e9:.2f} GB/token on {gpu_name})", f"{ceiling:,.0f} tok/s; reached {d / ceiling:.1%}"))
             else:
-                rows.append((model_id, "weights read per decode step", f"{per_token / 1e6:,.1f} MB (no HBM figure for {gpu_name})"))
+                rows.append((label, "weights read per decode step", f"{per_token / 1e6:,.1f} MB (no HBM figure for {gpu_name})"))
     return rows
 
 
@@ -143,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--static-cache", action="store_true", help="the backend's static KV cache option")
     parser.add_argument("--compile", action="store_true", help="static cache + torch.compile of the decode step")
     parser.add_argument("--max-batch-size", type=int, default=1, help="batch waiting requests (the concurrent row)")
+    parser.add_argument("--awq-kernel", default=None, help="comma-separated gptqmodel AWQ kernels: Qwen's rows for each")
     args = parser.parse_args(argv)
     if args.smoke:
         args.size, args.device, args.prompt_tokens, args.new_tokens, args.concurrency, args.rounds = "tiny", "cpu", 16, 8, 2, 1
@@ -150,7 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    rows = run(args.size, args.device, args.prompt_tokens, args.new_tokens, args.concurrency, args.rounds, static_cache=args.static_cache, compile=args.compile, max_batch_size=args.max_batch_size)
+    speed = {"static_cache": args.static_cache, "compile": args.compile, "max_batch_size": args.max_batch_size}
+    kernels = args.awq_kernel.split(",") if args.awq_kernel else [None]
+    rows = []
+    for i, kernel in enumerate(kernels):
+        model_ids = (QWEN, INTERNVL) if i == 0 else (QWEN,)  # InternVL3 is not quantized: once is enough
+        rows += run(args.size, args.device, args.prompt_tokens, args.new_tokens, args.concurrency, args.rounds, model_ids, awq_kernel=kernel, **speed)
     mode = "compile" if args.compile else ("static cache" if args.static_cache else "eager")
     mode += f", max_batch_size {args.max_batch_size}"
     print(f"| model | measure ({args.size} shapes, {args.device}, {mode}) | value |\n| --- | --- | --- |")

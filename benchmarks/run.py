@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     if "local" in chosen:
         rows += bench_local(8 if smoke else 128, 1 if smoke else 5)
     if "gpu" in chosen or smoke:
-        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--smoke"], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--smoke", "--awq-kernel", "torch_awq,torch_fused_awq"], check=True, stdout=subprocess.DEVNULL)
     rows += GPU_ROWS
     command = "bash scripts/bench.sh" + (" --smoke" if smoke else "")
     table = render(rows, command, time.perf_counter() - started)

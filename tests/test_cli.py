@@ -66,3 +66,24 @@ def test_run_local_subprocess_streams_and_images(tiny_dirs, tmp_path):
     assert completion["usage"]["completion_tokens"] == 5 and completion["usage"]["prompt_tokens"] > 20
     bad = subprocess.run([*cmd[:6], "--image", str(tmp_path / "nope.png"), "--model-path", str(tiny_dirs[INTERNVL_ID])], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "no such file" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_serve_passes_the_speed_options_to_the_local_backend(monkeypatch, tmp_path):
+    pytest.importorskip("uvicorn")
+    import uvicorn
+
+    from azion_ai import _server
+
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.append(kw))
+    built = []
+    real = _server.ChatServer
+    monkeypatch.setattr(_server, "ChatServer", lambda models, **kw: built.append(real(models, **kw)) or built[-1])
+    argv = ["serve", "--model", f"{QWEN_ID}={tmp_path}", "--device", "cpu", "--compile", "--max-batch-size", "4", "--awq-kernel", "torch_fused_awq"]
+    assert main(argv) == 0
+    transport = built[0].client.transport
+    assert transport.generation_options == {"static_cache": False, "compile": True, "max_batch_size": 4}
+    assert transport.awq_kernel == "torch_fused_awq"
+    assert started == [{"host": "127.0.0.1", "port": 8000, "log_level": "info"}]
+    with pytest.raises(SystemExit):
+        main(["serve", "--model", f"{QWEN_ID}={tmp_path}", "--awq-kernel", "warp-drive"])

@@ -46,3 +46,32 @@ def test_cuda_and_cpu_agree_on_the_tiny_checkpoint(tiny_dirs):
         with AI(backend="local", models={INTERNVL_ID: str(tiny_dirs[INTERNVL_ID])}, device=device) as ai:
             outputs.append(ai.run(INTERNVL_ID, payload).usage.completion_tokens)
     assert outputs == [6, 6]
+
+
+def test_cuda_awq_kernels_load_or_say_why(tiny_dirs):
+    """Every kernel the option names either runs Qwen2.5-VL-AWQ or fails its load with a clear error."""
+    import azion_ai
+
+    payload = {"messages": [{"role": "user", "content": "Name the european capitals"}], "max_tokens": 6, "temperature": 0}
+    worked = {}
+    for kernel in ("auto", "marlin", "machete", "exllama_v2", "gemm", "gemm_triton", "torch_awq"):
+        with AI(backend="local", models={QWEN_ID: str(tiny_dirs[QWEN_ID])}, device="cuda", awq_kernel=kernel) as ai:
+            try:
+                done = ai.run(QWEN_ID, payload)
+            except azion_ai.ModelLoadError as exc:
+                assert kernel in str(exc)
+                continue
+            assert done.usage.completion_tokens == 6
+            worked[kernel] = ai.transport._workers[QWEN_ID].loaded.awq_kernel
+    assert "auto" in worked and ({"marlin", "gemm", "exllama_v2"} & set(worked)), worked
+
+
+def test_compiled_awq_decoding_with_cuda_graphs_matches_eager(tiny_dirs):
+    payload = {"messages": [{"role": "user", "content": "Name the european capitals"}], "max_tokens": 12, "temperature": 0}
+    models = {QWEN_ID: str(tiny_dirs[QWEN_ID])}
+    with AI(backend="local", models=models, device="cuda") as ai:
+        expected = ai.run(QWEN_ID, payload).choices[0].message.content
+    with AI(backend="local", models=models, device="cuda", compile=True) as ai:
+        first = ai.run(QWEN_ID, payload).choices[0].message.content
+        again = ai.run(QWEN_ID, payload).choices[0].message.content
+    assert first == again == expected

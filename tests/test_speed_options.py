@@ -39,3 +39,63 @@ def test_compiled_decoding_matches_default(tiny_dirs, local_ai):
         again = ai.run(INTERNVL_ID, PAYLOAD).choices[0].message.content  # reuses the compiled step
     assert first == again == expected
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it really was compiled
+
+
+def test_compiled_decoding_of_the_awq_model_matches_default(tiny_dirs, local_ai):
+    """transformers alone would refuse to compile an AWQ model; the backend compiles it and the
+    greedy tokens stay the same."""
+    import torch._dynamo
+
+    expected = local_ai.run(QWEN_ID, PAYLOAD).choices[0].message.content
+    torch._dynamo.utils.counters.clear()
+    with AI(backend="local", models={QWEN_ID: str(tiny_dirs[QWEN_ID])}, device="cpu", compile=True) as ai:
+        first = ai.run(QWEN_ID, PAYLOAD).choices[0].message.content
+        again = ai.run(QWEN_ID, {**PAYLOAD, "stream": True}).get_final_completion().choices[0].message.content
+        quantizer = ai.transport._workers[QWEN_ID].loaded.model.hf_quantizer
+        assert quantizer.is_compileable
+    assert first == again == expected
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    untouched = local_ai.transport._workers[QWEN_ID].loaded.model.hf_quantizer
+    assert not untouched.is_compileable  # only the compiling backend's model was changed
+
+
+def _text_logits(loaded):
+    import torch
+
+    conv = [{"role": "user", "content": [{"type": "text", "text": "Name the european capitals"}]}]
+    text = loaded.processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+    inputs = loaded.processor(text=[text], return_tensors="pt")
+    with torch.no_grad():
+        return loaded.model(**inputs).logits.float()
+
+
+@pytest.mark.parametrize("kernel", ["torch_awq", "torch_fused_awq", "auto"])
+def test_awq_kernels_that_run_on_cpu_match_the_reference(tiny_dirs, kernel):
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    with AI(backend="local", models={QWEN_ID: str(tiny_dirs[QWEN_ID])}, device="cpu", awq_kernel=kernel) as ai:
+        ai.transport.load(QWEN_ID)
+        loaded = ai.transport._workers[QWEN_ID].loaded
+        q_proj = loaded.model.model.language_model.layers[0].self_attn.q_proj
+        assert loaded.awq_kernel == type(q_proj).__name__ and type(q_proj).__module__.startswith("gptqmodel")
+        if kernel != "auto":
+            assert {"torch_awq": "AwqTorchLinear", "torch_fused_awq": "TorchFusedAwqLinear"}[kernel] == loaded.awq_kernel
+        reference = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(tiny_dirs[QWEN_ID] / "reference"), dtype=torch.float32)
+        ours = _text_logits(loaded)
+        ref = _text_logits(type(loaded)(**{**loaded.__dict__, "model": reference}))
+        assert (ours - ref).abs().max().item() < 0.05 * ref.abs().max().item()
+        assert ai.run(QWEN_ID, PAYLOAD).usage.completion_tokens == PAYLOAD["max_tokens"]
+
+
+def test_an_awq_kernel_the_device_lacks_is_a_clear_load_error(tiny_dirs):
+    import azion_ai
+
+    with pytest.raises(ValueError, match="awq_kernel must be one of"):
+        AI(backend="local", device="cpu", awq_kernel="warp-drive")
+    models = {k: str(v) for k, v in tiny_dirs.items()}
+    with AI(backend="local", models=models, device="cpu", awq_kernel="marlin") as ai:
+        with pytest.raises(azion_ai.ModelLoadError, match=r"awq_kernel='marlin' on cpu.*torch_awq"):
+            ai.run(QWEN_ID, PAYLOAD)
+        # the backend stays usable: the unquantized model ignores the kernel choice
+        assert ai.run(INTERNVL_ID, PAYLOAD).usage.completion_tokens == PAYLOAD["max_tokens"]

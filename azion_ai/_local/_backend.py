@@ -29,6 +29,7 @@ from .._transport import (
 )
 from ._chat import build_conversation
 from ._images import ImageLoader, ImagePolicy
+from ._loading import AWQ_KERNELS
 
 ENV_MODELS_DIR = "AZION_AI_MODELS_DIR"
 DEFAULT_MAX_IMAGE_PIXELS = 1280 * 28 * 28  # Qwen2.5-VL: at most 1280 image tokens an image
@@ -59,6 +60,7 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         static_cache: bool = False,
         compile: bool = False,
         max_batch_size: int = 1,
+        awq_kernel: str | None = None,
         image_loader: ImageLoader | None = None,
     ) -> None:
         if device not in ("auto", "cpu") and not device.startswith("cuda"):
@@ -75,12 +77,15 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
             raise ValueError(f"lora={lora!r} is not among lora_adapters ({', '.join(sorted(self.lora_adapters)) or 'none'})")
         self.default_lora = lora
         # Decode-path speed options: a static KV cache, and torch.compile of the decoding step on
-        # top of it. transformers skips compiling AWQ-quantized models (their quantizer says it
-        # cannot be compiled); static cache still applies there.
-        # max_batch_size > 1: requests waiting for a model's worker that share sampling settings
-        # and carry no images run together in one generate() call (left-padded).
+        # top of it (on CUDA in "reduce-overhead" mode, i.e. replayed as CUDA graphs), AWQ
+        # models included. max_batch_size > 1: requests waiting for a model's worker that share
+        # sampling settings and carry no images run together in one generate() call
+        # (left-padded). awq_kernel picks gptqmodel's kernel for AWQ layers.
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
+        if awq_kernel is not None and awq_kernel not in AWQ_KERNELS:
+            raise ValueError(f"awq_kernel must be one of {', '.join(AWQ_KERNELS)} (or None), got {awq_kernel!r}")
+        self.awq_kernel = awq_kernel
         self.generation_options = {"static_cache": static_cache, "compile": compile, "max_batch_size": max_batch_size}
         self._workers: dict[str, Any] = {}
         self._load_locks: dict[str, threading.Lock] = {}
@@ -127,7 +132,7 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
                 from ._engine import ModelWorker
                 from ._loading import load_model
 
-                loaded = load_model(model.id, model.family, self.model_path(model.id), self.device)
+                loaded = load_model(model.id, model.family, self.model_path(model.id), self.device, self.awq_kernel)
                 worker = ModelWorker(loaded, self.generation_options)
                 self._workers[model.id] = worker
         return worker

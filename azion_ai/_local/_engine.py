@@ -268,12 +268,25 @@ class _Sink:
         return torch.tensor(stop, dtype=torch.bool, device=input_ids.device)
 
 
+def _allow_compiling_quantized(model: Any) -> None:
+    """transformers refuses to torch.compile AWQ models (its AWQ quantizer says "not
+    compileable"), but gptqmodel's layers trace into a single graph: the compiled output is
+    tested to match eager greedy decoding token for token. Only this model's quantizer changes."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and not quantizer.is_compileable:
+        quantizer.__class__ = type(
+            f"Compileable{type(quantizer).__name__}", (type(quantizer),), {"is_compileable": property(lambda self: True)}
+        )
+
+
 class ModelWorker:
     """The one thread that runs a loaded model; requests wait in its queue."""
 
     def __init__(self, loaded: LoadedModel, options: Mapping[str, Any]) -> None:
         self.loaded = loaded
         self.options = dict(options)
+        if self.options.get("compile"):
+            _allow_compiling_quantized(loaded.model)
         self._peft: Any = None  # the PeftModel wrapping the model once an adapter is loaded
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._pending: collections.deque[Job | None] = collections.deque()

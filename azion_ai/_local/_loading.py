@@ -19,6 +19,10 @@ from .._exceptions import MissingDependencyError, ModelLoadError
 
 log = logging.getLogger("azion_ai")
 
+# gptqmodel's kernels for GEMM-packed AWQ checkpoints that transformers lets a config choose.
+# None picks per device: the exact pure-torch kernel on CPU, gptqmodel's own choice on CUDA.
+AWQ_KERNELS = ("auto", "marlin", "machete", "exllama_v2", "gemm", "gemm_triton", "torch_awq", "torch_fused_awq")
+
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 _FAMILY_TYPES = {"qwen2_5_vl": ("qwen2_5_vl",), "internvl": ("internvl",)}
 
@@ -50,6 +54,7 @@ class LoadedModel:
     pad_token_id: int
     generation_defaults: dict[str, Any] = field(default_factory=dict)
     adapters: dict[str, str] = field(default_factory=dict)
+    awq_kernel: str | None = None  # the class of the quantized layers, for benchmarks and logs
 
     @property
     def tokenizer(self) -> Any:
@@ -122,7 +127,9 @@ def check_directory(path: Path, family: str) -> dict[str, Any]:
     return config
 
 
-def load_model(model_id: str, family: str, path: str | os.PathLike[str], device: str) -> LoadedModel:
+def load_model(
+    model_id: str, family: str, path: str | os.PathLike[str], device: str, awq_kernel: str | None = None
+) -> LoadedModel:
     torch = import_torch()
     from transformers import AutoConfig, AutoProcessor, GenerationConfig
 
@@ -147,10 +154,10 @@ def load_model(model_id: str, family: str, path: str | os.PathLike[str], device:
             if name not in skip:
                 skip.append(name)
         qc["modules_to_not_convert"] = skip
-        if dev.type == "cpu":
-            qc["backend"] = "torch_awq"  # the exact CPU kernel (~1e-3 of a dequantized reference)
-            dtype = torch.float16 if dtype == torch.float16 else torch.float32
-        else:
+        # On CPU the default is the exact pure-torch kernel (~1e-3 of a dequantized reference);
+        # it works on every CPU, where gptqmodel's own choice may need AVX-512.
+        qc["backend"] = awq_kernel or ("torch_awq" if dev.type == "cpu" else "auto")
+        if dev.type == "cuda":
             dtype = torch.float16  # AWQ CUDA kernels take fp16 activations
         config.quantization_config = qc
     import transformers
@@ -163,8 +170,14 @@ def load_model(model_id: str, family: str, path: str | os.PathLike[str], device:
         model = model_cls.from_pretrained(str(directory), dtype=dtype, device_map=str(dev), **kwargs)
         processor = AutoProcessor.from_pretrained(str(directory))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        if awq_kernel and quant.get("quant_method") == "awq":
+            raise ModelLoadError(
+                f"could not load {model_id!r} with awq_kernel={awq_kernel!r} on {dev.type}: {exc}. "
+                f"On CPU use 'torch_awq' or 'torch_fused_awq'; on CUDA one of {', '.join(AWQ_KERNELS)}"
+            ) from None
         raise ModelLoadError(f"could not load {model_id!r} from {str(directory)!r}: {exc}") from None
     model.eval()
+    kernel = next((type(m).__name__ for m in model.modules() if type(m).__module__.startswith("gptqmodel")), None)
     gen = getattr(model, "generation_config", None) or GenerationConfig()
     eos = gen.eos_token_id if gen.eos_token_id is not None else config.get_text_config().eos_token_id
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
@@ -177,7 +190,10 @@ def load_model(model_id: str, family: str, path: str | os.PathLike[str], device:
         for k in ("temperature", "top_p", "top_k")
         if getattr(gen, k, None) is not None and getattr(gen, "do_sample", False)
     }
-    log.info("loaded %s from %s on %s (%s)", model_id, directory, dev, str(dtype).replace("torch.", ""))
+    log.info(
+        "loaded %s from %s on %s (%s%s)", model_id, directory, dev, str(dtype).replace("torch.", ""),
+        f", AWQ kernel {kernel}" if kernel else "",
+    )
     return LoadedModel(
         model_id=model_id,
         family=family,
@@ -189,4 +205,5 @@ def load_model(model_id: str, family: str, path: str | os.PathLike[str], device:
         eos_token_ids=eos_ids,
         pad_token_id=pad if pad is not None else eos_ids[0],
         generation_defaults=defaults,
+        awq_kernel=kernel,
     )
