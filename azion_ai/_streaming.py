@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,9 +40,6 @@ class ServerSentEvent:
     retry: int | None = None
 
 
-_EOL = re.compile(rb"\r\n|\r|\n")
-
-
 class SSEDecoder:
     """Incremental SSE parser (WHATWG rules): LF, CR and CRLF line ends, comments, multi-line data.
 
@@ -63,18 +59,25 @@ class SSEDecoder:
         buf = self._buf
         buf += chunk
         events: list[ServerSentEvent] = []
-        start = 0
-        pos = self._scanned
-        while True:
-            match = _EOL.search(buf, pos)
-            if match is None:
-                break
-            if match.group() == b"\r" and match.end() == len(buf):
+        start, pos = 0, self._scanned
+        size = len(buf)
+        # memchr-speed searches for LF and CR, each redone only once the parser has passed it.
+        lf, cr = buf.find(b"\n", pos), buf.find(b"\r", pos)
+        while lf != -1 or cr != -1:
+            if cr == -1 or (lf != -1 and lf < cr):
+                end, pos = lf, lf + 1
+            elif cr + 1 == size:
                 break  # a CR at the very end may be the first half of CRLF: wait for more
-            event = self._line(bytes(buf[start : match.start()]))
+            else:
+                end, pos = cr, cr + 2 if buf[cr + 1] == 0x0A else cr + 1
+            event = self._line(buf[start:end])
             if event is not None:
                 events.append(event)
-            start = pos = match.end()
+            start = pos
+            if lf != -1 and lf < pos:
+                lf = buf.find(b"\n", pos)
+            if cr != -1 and cr < pos:
+                cr = buf.find(b"\r", pos)
         del buf[:start]
         self._scanned = len(buf) - 1 if buf.endswith(b"\r") else len(buf)
         return events
@@ -94,7 +97,7 @@ class SSEDecoder:
             events.append(event)
         return events
 
-    def _line(self, raw: bytes) -> ServerSentEvent | None:
+    def _line(self, raw: bytes | bytearray) -> ServerSentEvent | None:
         if not raw:
             if not self._data and self._event is None:
                 return None

@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from seeds import example_responses
 
 from azion_ai import ChatCompletion, ChatCompletionChunk, ChunkAccumulator, StreamError
@@ -152,3 +154,43 @@ def test_accumulator_merges_content_and_tool_call_deltas_by_index():
 def test_accumulator_without_chunks_raises():
     with pytest.raises(StreamError):
         ChunkAccumulator().completion()
+
+
+def _reference_events(stream: bytes):
+    """The WHATWG rules written the slow, obvious way: split all lines first, then read them."""
+    import re
+
+    events, data, name = [], [], None
+    lines = re.split(rb"\r\n|\r|\n", stream)
+    lines = lines[:-1] if lines and lines[-1] == b"" else lines
+    for raw in [*lines, b""]:
+        line = raw.decode("utf-8", errors="replace")
+        if not line:
+            if data or name is not None:
+                events.append((name, "\n".join(data)))
+            data, name = [], None
+            continue
+        field_name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field_name == "data":
+            data.append(value)
+        elif field_name == "event":
+            name = value
+    return events
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["data", "event", ": note", "data"]), st.text(alphabet="ab{}\"é ", max_size=8), st.sampled_from(["\n", "\r", "\r\n"]), st.booleans()), max_size=12),
+    st.lists(st.integers(1, 40), max_size=8),
+)
+def test_sse_matches_a_reference_parser_for_any_line_ends_and_splits(fields, cuts):
+    text = "".join(f"{name}: {value}{end}" + (end if blank else "") for name, value, end, blank in fields)
+    stream = text.encode()
+    pieces, rest = [], stream
+    for cut in cuts:
+        pieces.append(rest[:cut])
+        rest = rest[cut:]
+    pieces.append(rest)
+    got = [(e.event, e.data) for e in _events(pieces)]
+    assert got == _reference_events(stream)
