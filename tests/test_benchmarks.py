@@ -26,5 +26,5 @@ def test_benchmarks_smoke(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]
     subjects = " ".join(rows)
-    for needle in ("import azion_ai", "torch and transformers not imported", "validation", "jsonschema is_valid", "validation share", "azion_ai (sync)", "openai (async)", "bare httpx", "SSE parsing", "ai.run streaming", "not measured"):
+    for needle in ("import azion_ai", "torch and transformers not imported", "validation", "jsonschema is_valid", "validation share", "azion_ai (sync)", "openai (async)", "bare httpx", "SSE parsing", "ai.run streaming (token step", "fast_decode=False", "not measured"):
         assert needle in subjects, needle

@@ -217,3 +217,34 @@ def test_batched_concurrent_requests_match_sequential(tiny_dirs, local_ai, model
             assert tokens == 3 and reason == "length" and expected[p].startswith(content)
             continue
         assert (content, tokens) == (expected[p], 10)
+
+
+@pytest.mark.local
+def test_batched_greedy_requests_with_several_choices(tiny_dirs, local_ai, monkeypatch):
+    """Greedy n > 1 inside a batch: one generated row per request, fanned out to its n choices."""
+    from azion_ai._local import _engine
+
+    prompts = [f"Question {i}" + " again" * i for i in range(4)]
+    base = {"max_tokens": 6, "temperature": 0, "n": 2}
+    expected = {p: local_ai.run(INTERNVL, {**base, "n": 1, "messages": [{"role": "user", "content": p}]}).choices[0].message.content for p in prompts}
+    sizes: list[int] = []
+    original = _engine.ModelWorker._run
+    monkeypatch.setattr(_engine.ModelWorker, "_run", lambda self, jobs: sizes.append(len(jobs)) or original(self, jobs))
+    results: dict[str, list[str | None]] = {}
+    with AI(backend="local", models={INTERNVL: str(tiny_dirs[INTERNVL])}, device="cpu", max_batch_size=4) as ai:
+        ai.run(INTERNVL, {**base, "messages": [{"role": "user", "content": "warm up"}]})
+        gate = threading.Event()
+
+        def one(prompt: str) -> None:
+            gate.wait()
+            done = ai.run(INTERNVL, {**base, "messages": [{"role": "user", "content": prompt}]})
+            results[prompt] = [c.message.content for c in done.choices]
+
+        threads = [threading.Thread(target=one, args=(p,)) for p in prompts]
+        for t in threads:
+            t.start()
+        gate.set()
+        for t in threads:
+            t.join(300)
+    assert max(sizes) > 1
+    assert results == {p: [expected[p], expected[p]] for p in prompts}

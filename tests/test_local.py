@@ -291,23 +291,28 @@ def test_breaking_out_of_a_for_loop_cancels(local_ai):
     assert local_ai.run(INTERNVL_ID, HELLO).usage.completion_tokens == 12
 
 
-def test_exception_in_the_generating_thread_reaches_the_caller(local_ai, monkeypatch):
+@pytest.mark.parametrize("n", [1, 2])  # our token step, and generate()
+def test_exception_in_the_generating_thread_reaches_the_caller(local_ai, n):
     loaded = worker(local_ai, INTERNVL_ID).loaded
     calls = []
 
-    def boom(*args, **kwargs):
+    def boom(module, args, output):
         calls.append(1)
-        raise RuntimeError("CUDA out of memory (simulated)")
+        if len(calls) == 3:  # a few tokens in
+            raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(loaded.model, "generate", boom)
-    with pytest.raises(azion_ai.LocalBackendError, match="simulated"):
-        local_ai.run(INTERNVL_ID, HELLO)
-    stream = local_ai.run(INTERNVL_ID, {**HELLO, "stream": True})
-    with pytest.raises(azion_ai.LocalBackendError, match="simulated"):
-        list(stream)
-    monkeypatch.undo()
-    assert calls == [1, 1]
-    assert local_ai.run(INTERNVL_ID, HELLO).usage.completion_tokens == 12
+    payload = {**HELLO, "n": n}
+    hook = loaded.model.lm_head.register_forward_hook(boom)
+    try:
+        with pytest.raises(azion_ai.LocalBackendError, match="simulated"):
+            local_ai.run(INTERNVL_ID, payload)
+        calls.clear()
+        stream = local_ai.run(INTERNVL_ID, {**payload, "stream": True})
+        with pytest.raises(azion_ai.LocalBackendError, match="simulated"):
+            list(stream)
+    finally:
+        hook.remove()
+    assert local_ai.run(INTERNVL_ID, payload).usage.completion_tokens == 12 * n
 
 
 def test_concurrent_requests_never_mix_outputs(local_ai):

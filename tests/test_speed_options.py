@@ -99,3 +99,52 @@ def test_an_awq_kernel_the_device_lacks_is_a_clear_load_error(tiny_dirs):
             ai.run(QWEN_ID, PAYLOAD)
         # the backend stays usable: the unquantized model ignores the kernel choice
         assert ai.run(INTERNVL_ID, PAYLOAD).usage.completion_tokens == PAYLOAD["max_tokens"]
+
+
+# -- our token step against generate() ------------------------------------------------------------------
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+
+
+def _runs(ai, model_id):
+    image = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": png_data_uri((10, 200, 30), size=(96, 64))}}, {"type": "text", "text": "What?"}]}], "max_tokens": 10, "temperature": 0}
+    penalties = {**PAYLOAD, "presence_penalty": 1.5, "frequency_penalty": 0.8, "max_tokens": 20}
+    out = [
+        ai.run(model_id, PAYLOAD).choices[0].message.content,
+        ai.run(model_id, image).choices[0].message.content,
+        ai.run(model_id, PAYLOAD).choices[0].message.content,  # text right after an image (Qwen's 3D-rope state)
+        ai.run(model_id, {**image, "stream": True}).get_final_completion().choices[0].message.content,
+        ai.run(model_id, penalties).choices[0].message.content,
+        [c.message.content for c in ai.run(model_id, {**PAYLOAD, "n": 3}).choices],
+    ]
+    if model_id == QWEN_ID:
+        out.append(ai.run(model_id, {**PAYLOAD, "tools": TOOLS}).model_dump()["choices"])
+    return out
+
+
+@pytest.mark.parametrize("model_id", [QWEN_ID, INTERNVL_ID])
+def test_token_step_gives_generates_greedy_output(tiny_dirs, model_id):
+    models = {model_id: str(tiny_dirs[model_id])}
+    with AI(backend="local", models=models, device="cpu", fast_decode=False) as ai:
+        expected = _runs(ai, model_id)
+    with AI(backend="local", models=models, device="cpu") as ai:
+        steps: list[int] = []
+        ai.transport.load(model_id)
+        model = ai.transport._workers[model_id].loaded.model
+        model.generate = lambda *a, **k: steps.append(1)  # the token step must not fall back to generate()
+        got = _runs(ai, model_id)
+    assert got == expected
+    assert steps == []
+    assert len(set(expected[-2 if model_id == QWEN_ID else -1])) == 1  # greedy choices are all alike
+
+
+def test_token_step_sampling_uses_generates_warpers(local_ai):
+    greedy = local_ai.run(INTERNVL_ID, PAYLOAD).choices[0].message.content
+    # top_p so small that only the most likely token survives: sampling must reproduce greedy
+    narrow = local_ai.run(INTERNVL_ID, {**PAYLOAD, "temperature": 0.7, "top_p": 1e-9}).choices[0].message.content
+    assert narrow == greedy
+    # a temperature near zero sharpens the distribution onto the greedy token (temperature applied)
+    cold = local_ai.run(INTERNVL_ID, {**PAYLOAD, "temperature": 1e-4}).choices[0].message.content
+    assert cold == greedy
+    wide = {local_ai.run(INTERNVL_ID, {**PAYLOAD, "temperature": 2.0}).choices[0].message.content for _ in range(4)}
+    assert len(wide) > 1  # and a hot temperature really samples

@@ -61,6 +61,7 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         compile: bool = False,
         max_batch_size: int = 1,
         awq_kernel: str | None = None,
+        fast_decode: bool = True,
         image_loader: ImageLoader | None = None,
     ) -> None:
         if device not in ("auto", "cpu") and not device.startswith("cuda"):
@@ -80,13 +81,19 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         # top of it (on CUDA in "reduce-overhead" mode, i.e. replayed as CUDA graphs), AWQ
         # models included. max_batch_size > 1: requests waiting for a model's worker that share
         # sampling settings and carry no images run together in one generate() call
-        # (left-padded). awq_kernel picks gptqmodel's kernel for AWQ layers.
+        # (left-padded). awq_kernel picks gptqmodel's kernel for AWQ layers. fast_decode: a lone
+        # request runs our own token loop rather than generate() (same tokens, less per-step work).
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         if awq_kernel is not None and awq_kernel not in AWQ_KERNELS:
             raise ValueError(f"awq_kernel must be one of {', '.join(AWQ_KERNELS)} (or None), got {awq_kernel!r}")
         self.awq_kernel = awq_kernel
-        self.generation_options = {"static_cache": static_cache, "compile": compile, "max_batch_size": max_batch_size}
+        self.generation_options = {
+            "static_cache": static_cache,
+            "compile": compile,
+            "max_batch_size": max_batch_size,
+            "fast_decode": fast_decode,
+        }
         self._workers: dict[str, Any] = {}
         self._load_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()

@@ -1,7 +1,8 @@
 """Generation: one worker thread owns each loaded model and is fed by a queue.
 
-Layers, as in mlx-lm: a token step (transformers' ``generate`` calling our sink once per token),
-a stream of responses (chunk dicts built from those tokens as they come), and a full response
+Layers, as in mlx-lm: a token step (our own prefill-then-one-forward-per-token loop for a single
+request, or transformers' ``generate`` calling our sink once per token for batches, ``n`` > 1 and
+the static-cache / compiled paths), a stream of responses (chunk dicts built from those tokens as they come), and a full response
 (the same builder's final state). The worker does all tokenizer and model work, so nothing that
 touches the model runs on two threads at once; callers only read the events a job emits.
 """
@@ -237,10 +238,12 @@ class _Sink:
     stops when its choice has finished or its job was cancelled.
     """
 
-    def __init__(self, jobs: list[Job], builders: list[ResponseBuilder], n: int) -> None:
+    def __init__(self, jobs: list[Job], builders: list[ResponseBuilder], n: int, fan_out: bool = False) -> None:
         self.jobs = jobs
         self.builders = builders
         self.n = n
+        # Greedy decoding gives every choice the same tokens: one row per job, fanned out to n.
+        self.fan_out = fan_out
         self._prompt_seen = False
 
     def put(self, value: Any) -> None:
@@ -250,7 +253,8 @@ class _Sink:
         rows = value.reshape(-1).tolist()
         n = self.n
         for j, (job, builder) in enumerate(zip(self.jobs, self.builders, strict=True)):
-            chunk = builder.step(rows[j * n : (j + 1) * n])
+            ids = rows[j : j + 1] * n if self.fan_out else rows[j * n : (j + 1) * n]
+            chunk = builder.step(ids)
             if chunk is not None and job.stream:
                 job.emit(("chunk", chunk))
 
@@ -260,11 +264,11 @@ class _Sink:
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:  # StoppingCriteria
         import torch
 
-        stop = [
-            job.cancelled.is_set() or choice.finish_reason is not None
-            for job, builder in zip(self.jobs, self.builders, strict=True)
-            for choice in builder.choices
-        ]
+        pairs = zip(self.jobs, self.builders, strict=True)
+        if self.fan_out:
+            stop = [job.cancelled.is_set() or builder.all_finished for job, builder in pairs]
+        else:
+            stop = [job.cancelled.is_set() or choice.finish_reason is not None for job, builder in pairs for choice in builder.choices]
         return torch.tensor(stop, dtype=torch.bool, device=input_ids.device)
 
 
@@ -433,7 +437,7 @@ class ModelWorker:
             temperature=temperature if sample else 1.0,
             top_p=(1.0 if top_p is None else float(top_p)) if sample else 1.0,
             top_k=top_k if sample else 50,
-            num_return_sequences=params.n,
+            num_return_sequences=params.n if sample else 1,  # greedy choices are all alike
             eos_token_id=loaded.eos_token_ids,
             pad_token_id=loaded.pad_token_id,
             repetition_penalty=1.0,
@@ -479,22 +483,25 @@ class ModelWorker:
 
         params = jobs[0].params  # a batch shares its sampling settings
         config = self._generation_config(params, max(b.max_tokens for b in builders))
-        sink = _Sink(jobs, builders, params.n)
-        processors = LogitsProcessorList()
+        penalty = None
         if params.presence_penalty or params.frequency_penalty:
             width = int(inputs["input_ids"].shape[1])  # rows are left-padded to one width
-            processors.append(_PenaltyProcessor(width, params.presence_penalty, params.frequency_penalty))
+            penalty = _PenaltyProcessor(width, params.presence_penalty, params.frequency_penalty)
         model_inputs = {k: v.to(loaded.device) for k, v in inputs.items()}
         if "pixel_values" in model_inputs and loaded.model.dtype.is_floating_point:
             model_inputs["pixel_values"] = model_inputs["pixel_values"].to(loaded.model.dtype)
         with torch.inference_mode(), self._adapter_context(jobs[0]):
-            loaded.model.generate(
-                **model_inputs,
-                generation_config=config,
-                logits_processor=processors,
-                stopping_criteria=StoppingCriteriaList([sink]),
-                streamer=sink,
-            )
+            if self._steps_itself(jobs, config):
+                self._decode(jobs[0], builders[0], model_inputs, config, penalty)
+            else:
+                sink = _Sink(jobs, builders, params.n, fan_out=not config.do_sample)
+                loaded.model.generate(
+                    **model_inputs,
+                    generation_config=config,
+                    logits_processor=LogitsProcessorList([penalty] if penalty else []),
+                    stopping_criteria=StoppingCriteriaList([sink]),
+                    streamer=sink,
+                )
         for job, builder in zip(jobs, builders, strict=True):
             if job.cancelled.is_set():
                 job.emit(("error", LocalBackendError("request was cancelled")))
@@ -503,6 +510,66 @@ class ModelWorker:
                 if job.stream:
                     job.emit(("chunk", chunk))
             job.emit(("done", builder.completion()))
+
+
+    def _steps_itself(self, jobs: list[Job], config: Any) -> bool:
+        """One request on the default (dynamic-cache, eager) path runs through :meth:`_decode`;
+        batches, sampled ``n`` > 1 and the static-cache / compiled paths use generate()."""
+        return (
+            len(jobs) == 1
+            and (jobs[0].params.n == 1 or not config.do_sample)
+            and bool(self.options.get("fast_decode", True))
+            and not self.options.get("static_cache")
+            and not self.options.get("compile")
+        )
+
+    def _decode(self, job: Job, builder: ResponseBuilder, inputs: dict[str, Any], config: Any, penalty: Any) -> None:
+        """The token step, without generate()'s per-step machinery: prefill once, then one forward
+        per token until the builder says the choice is finished or the job is cancelled.
+
+        Sampling uses transformers' own warpers in generate()'s order (temperature, top-k, top-p),
+        so both paths draw from the same distribution; greedy output is identical (tested)."""
+        import torch
+        from transformers import (
+            DynamicCache,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        model = self.loaded.model
+        inner: Any = getattr(model, "model", None)
+        if getattr(inner, "rope_deltas", None) is not None:
+            inner.rope_deltas = None  # Qwen2.5-VL keeps the last request's 3D-rope offsets on the model
+        warpers: list[Any] = []
+        if config.do_sample:
+            if config.temperature != 1.0:
+                warpers.append(TemperatureLogitsWarper(config.temperature))
+            if config.top_k:
+                warpers.append(TopKLogitsWarper(config.top_k))
+            if config.top_p < 1.0:
+                warpers.append(TopPLogitsWarper(config.top_p))
+        cache = DynamicCache(config=model.config)
+        ids = inputs["input_ids"]
+        out = model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        while True:
+            scores = out.logits[:, -1, :].float()
+            if penalty is not None:
+                scores = penalty(ids, scores)
+            if config.do_sample:
+                for warp in warpers:
+                    scores = warp(ids, scores)
+                token = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1)
+            else:
+                token = scores.argmax(dim=-1, keepdim=True)
+            if penalty is not None:
+                ids = torch.cat([ids, token], dim=1)
+            chunk = builder.step(token.view(-1).tolist() * len(builder.choices))  # n > 1 only when greedy
+            if chunk is not None and job.stream:
+                job.emit(("chunk", chunk))
+            if builder.all_finished or job.cancelled.is_set():
+                return
+            out = model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
 
 
 def _batch_key(job: Job) -> tuple[Any, ...] | None:
