@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="static cache + torch.compile of the decode step")
     parser.add_argument("--max-batch-size", type=int, default=1, help="batch waiting requests (the concurrent row)")
     parser.add_argument("--awq-kernel", default=None, help="comma-separated gptqmodel AWQ kernels: Qwen's rows for each")
+    parser.add_argument("--no-fast-decode", action="store_true", help="lone requests through generate(), not the token step")
     args = parser.parse_args(argv)
     if args.smoke:
         args.size, args.device, args.prompt_tokens, args.new_tokens, args.concurrency, args.rounds = "tiny", "cpu", 16, 8, 2, 1
@@ -154,13 +155,14 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    speed = {"static_cache": args.static_cache, "compile": args.compile, "max_batch_size": args.max_batch_size}
+    speed = {"static_cache": args.static_cache, "compile": args.compile, "max_batch_size": args.max_batch_size, "fast_decode": not args.no_fast_decode}
     kernels = args.awq_kernel.split(",") if args.awq_kernel else [None]
     rows = []
     for i, kernel in enumerate(kernels):
         model_ids = (QWEN, INTERNVL) if i == 0 else (QWEN,)  # InternVL3 is not quantized: once is enough
         rows += run(args.size, args.device, args.prompt_tokens, args.new_tokens, args.concurrency, args.rounds, model_ids, awq_kernel=kernel, **speed)
     mode = "compile" if args.compile else ("static cache" if args.static_cache else "eager")
+    mode += ", generate()" if args.no_fast_decode or args.compile or args.static_cache else ", token step"
     mode += f", max_batch_size {args.max_batch_size}"
     print(f"| model | measure ({args.size} shapes, {args.device}, {mode}) | value |\n| --- | --- | --- |")
     for row in rows:
