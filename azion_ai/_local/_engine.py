@@ -1,10 +1,11 @@
 """Generation: one worker thread owns each loaded model and is fed by a queue.
 
-Layers, as in mlx-lm: a token step (our own prefill-then-one-forward-per-token loop for a single
-request, or transformers' ``generate`` calling our sink once per token for batches, ``n`` > 1 and
-the static-cache / compiled paths), a stream of responses (chunk dicts built from those tokens as they come), and a full response
-(the same builder's final state). The worker does all tokenizer and model work, so nothing that
-touches the model runs on two threads at once; callers only read the events a job emits.
+Layers, as in mlx-lm: a token step (our own prefill-then-one-forward-per-token loop for a lone
+request; transformers' ``generate`` calling our sink once per token for batches, sampled ``n`` > 1
+and the static-cache / compiled paths), a stream of responses (chunk dicts built from those tokens
+as they come), and a full response (the same builder's final state). The worker does all
+tokenizer and model work, so nothing that touches the model runs on two threads at once; callers
+only read the events a job emits.
 """
 
 from __future__ import annotations
@@ -510,7 +511,6 @@ class ModelWorker:
                 if job.stream:
                     job.emit(("chunk", chunk))
             job.emit(("done", builder.completion()))
-
 
     def _steps_itself(self, jobs: list[Job], config: Any) -> bool:
         """One request on the default (dynamic-cache, eager) path runs through :meth:`_decode`;
