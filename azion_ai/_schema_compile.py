@@ -6,9 +6,10 @@ model: nested checks are inlined, ``$ref`` targets become functions, and a ``one
 branches are told apart by a required string-enum property (``role``, ``type``) looks at that
 property and runs only the branch that can match.
 
-The predicate may be conservative: ``True`` always means jsonschema would accept the payload and
-nothing in it is nested deeper than ``max_depth``; ``False`` only means "take the slow path",
-where jsonschema decides and explains. A schema using a keyword not handled here raises
+The predicate may be conservative: ``True`` always means jsonschema would accept the payload, the
+payload is plain JSON (no sets, bytes or objects, no NaN or Infinity) and nothing in it is nested
+deeper than ``max_depth``; ``False`` only means "take the slow path", where jsonschema decides
+and explains. A schema using a keyword not handled here raises
 :class:`Unsupported` at compile time and the caller keeps jsonschema for everything.
 """
 
@@ -35,7 +36,8 @@ _TYPE_TESTS = {
     "string": "isinstance({v}, str)",
     "boolean": "isinstance({v}, bool)",
     "null": "{v} is None",
-    "number": "(isinstance({v}, (int, float)) and not isinstance({v}, bool))",
+    # Finite only: JSON has no NaN or Infinity (stricter than JSON Schema, which the caller knows).
+    "number": "(isinstance({v}, int) and not isinstance({v}, bool) or isinstance({v}, float) and {v} - {v} == 0.0)",
     "integer": "((isinstance({v}, int) and not isinstance({v}, bool)) or (isinstance({v}, float) and {v}.is_integer()))",
 }
 
@@ -58,21 +60,37 @@ def _json_equal(a: Any, b: Any) -> bool:
         return False
 
 
-def _shallow_enough(value: Any, depth: int, limit: int) -> bool:
-    """Is every value inside ``value`` (itself at ``depth``) at most ``limit`` levels deep?"""
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _json_scalar(value: Any) -> bool:
+    """A value json.dumps writes as valid JSON: no sets, bytes or objects; no NaN or Infinity."""
+    if isinstance(value, float):
+        return value - value == 0.0  # false for NaN and +-Infinity
+    return isinstance(value, _SCALARS)
+
+
+def _plain(value: Any, depth: int, limit: int) -> bool:
+    """Is ``value`` (itself at ``depth``) plain JSON, with nothing nested deeper than ``limit``?"""
     if depth > limit:
         return False
     if not isinstance(value, (dict, list, tuple)):
-        return True
+        return _json_scalar(value)
     stack = [(value, depth)]
     while stack:
         node, level = stack.pop()
-        children = node.values() if isinstance(node, dict) else node
+        children: Any = node
+        if isinstance(node, dict):
+            if not all(isinstance(key, _SCALARS) for key in node):
+                return False
+            children = node.values()
         for child in children:
             if level + 1 > limit:
                 return False
             if isinstance(child, (dict, list, tuple)):
                 stack.append((child, level + 1))
+            elif not _json_scalar(child):
+                return False
     return True
 
 
@@ -99,7 +117,9 @@ class _Compiler:
         self.namespace: dict[str, Any] = {
             "_MISSING": object(),
             "_json_equal": _json_equal,
-            "_shallow": _shallow_enough,
+            "_plain": _plain,
+            "_json_scalar": _json_scalar,
+            "_SCALAR_TYPES": _SCALARS,
             "_LIMIT": max_depth,
         }
         self.functions: list[str] = []
@@ -160,7 +180,7 @@ class _Compiler:
         pad = "    " * indent
         if node is True:
             if not exact:
-                out.append(f"{pad}if not _shallow({var}, {depth}, _LIMIT): return False")
+                out.append(f"{pad}if not _plain({var}, {depth}, _LIMIT): return False")
             return 0
         if node is False:
             out.append(f"{pad}return False")
@@ -251,7 +271,9 @@ class _Compiler:
             for kind, keys in walked.items():
                 if known in (None, kind) and not any(k in node for k in keys):
                     test = "True" if known == kind else _TYPE_TESTS[kind].format(v=var)
-                    out.append(f"{pad}if {test} and not _shallow({var}, {depth}, _LIMIT): return False")
+                    out.append(f"{pad}if {test} and not _plain({var}, {depth}, _LIMIT): return False")
+            if known is None:  # a scalar here is unconstrained: it must still be plain JSON
+                out.append(f"{pad}if not isinstance({var}, (dict, list, tuple)) and not _json_scalar({var}): return False")
         return height
 
     def guard(self, known: str | None, kind: str, var: str, pad: str, out: list[str]) -> tuple[str, int]:
@@ -266,7 +288,7 @@ class _Compiler:
         """An expression that is true when ``var`` satisfies ``node``."""
         resolved = self.resolve(node)
         if resolved is True:
-            return "True" if exact else f"_shallow({var}, {depth}, _LIMIT)"
+            return "True" if exact else f"_plain({var}, {depth}, _LIMIT)"
         if resolved is False:
             return "False"
         if isinstance(resolved, Mapping) and set(resolved) <= {"type", "description", "title", "default", "format"}:
@@ -296,7 +318,7 @@ class _Compiler:
                 height = max(height, 1 + self.emit(sub, item, depth + " + 1", out, indent + 1, nesting + 1, exact))
             if not exact:
                 out.append(f"{pad}for _extra in {var}[{len(items)}:]:")
-                out.append(f"{pad}    if not _shallow(_extra, {depth} + 1, _LIMIT): return False")
+                out.append(f"{pad}    if not _plain(_extra, {depth} + 1, _LIMIT): return False")
             return height
         item = self.fresh("_i")
         out.append(f"{pad}for {item} in {var}:")
@@ -356,6 +378,8 @@ class _Compiler:
             out.append(f"{inner}if {matched}: continue")
         else:
             out.append(f"{inner}if {name} in {known}: continue")
+        if not exact:
+            out.append(f"{inner}if not isinstance({name}, _SCALAR_TYPES): return False")
         out.append(f"{inner}if not {self.call(extra, value, depth + ' + 1', exact)}: return False")
         return height
 

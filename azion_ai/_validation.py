@@ -138,7 +138,7 @@ def _fast_check_for(model: ModelInfo) -> Callable[[Any], bool]:
             validator = _validator_for(model)
 
             def check(payload: Any) -> bool:
-                return _too_deep(payload) is None and validator.is_valid(payload)
+                return _not_plain_json(payload) is None and validator.is_valid(payload)
 
         with _cache_lock:
             _fast_checks[model.id] = check
@@ -387,17 +387,28 @@ def _semantic_issues(
     return issues
 
 
-def _too_deep(payload: Any, limit: int = MAX_DEPTH) -> list[Any] | None:
-    """The path to the first value nested deeper than ``limit`` (iterative: no recursion)."""
+def _not_plain_json(payload: Any, limit: int = MAX_DEPTH) -> ValidationIssue | None:
+    """The first value JSON cannot carry (a set, bytes, an object, NaN, a non-string key...) or
+    nested deeper than ``limit``: json.dumps would fail, or the server would, far from the cause."""
     stack: list[tuple[Any, list[Any]]] = [(payload, [])]
     while stack:
         node, path = stack.pop()
         if len(path) > limit:
-            return path[: limit + 1]
+            return ValidationIssue(format_path(path[: limit + 1]), f"nested deeper than {limit} levels")
         if isinstance(node, Mapping):
-            stack.extend((v, [*path, k]) for k, v in node.items())
+            for key, value in node.items():
+                if not isinstance(key, (str, int, float, bool, type(None))):
+                    return ValidationIssue(format_path(path), f"has a {type(key).__name__} key; JSON object keys are strings")
+                stack.append((value, [*path, key]))
         elif isinstance(node, (list, tuple)):
             stack.extend((v, [*path, i]) for i, v in enumerate(node))
+        elif isinstance(node, float) and node - node != 0.0:
+            return ValidationIssue(format_path(path), f"{node} is not a JSON number; use a finite number")
+        elif not isinstance(node, (str, int, float, bool, type(None))):
+            return ValidationIssue(
+                format_path(path),
+                f"a {type(node).__name__} is not a JSON value; use strings, numbers, booleans, null, lists or dicts",
+            )
     return None
 
 
@@ -414,9 +425,9 @@ def validate_payload(
     issues: list[ValidationIssue] = []
     check = _fast_checks.get(model.id) or _fast_check_for(model)
     if not check(payload):
-        deep = _too_deep(payload)
-        if deep is not None:
-            raise ValidationError(model.id, [ValidationIssue(format_path(deep), f"nested deeper than {MAX_DEPTH} levels")])
+        problem = _not_plain_json(payload)
+        if problem is not None:
+            raise ValidationError(model.id, [problem])
         validator = _validator_for(model)
         for error in sorted(validator.iter_errors(payload), key=lambda e: list(map(str, e.absolute_path))):
             issues.extend(_issues(error))

@@ -40,7 +40,9 @@ def agree(fast, full, payload):
     if depth(payload) > LIMIT:
         assert answer is False  # never "valid" past the limit
     else:
-        assert answer is full.is_valid(payload), payload
+        # "valid" also means plain JSON: json_values may hold Infinity, which JSON cannot carry
+        plain = _validation._not_plain_json(payload) is None
+        assert answer is (full.is_valid(payload) and plain), payload
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -220,6 +222,42 @@ def test_deeply_nested_schemas_compile():
     assert fast(instance) is True
     assert fast(instance | {"k39": [{"k38": "no"}]}) is False
     assert compile_schema(schema, max_depth=LIMIT)(instance) is False  # 80 levels > 64
+
+
+def test_values_json_cannot_carry_are_refused_with_their_path():
+    import json
+
+    from azion_ai import AI, BaseTransport
+    from azion_ai._transport import TransportResponse
+
+    class Recording(BaseTransport):
+        sent: list = []
+
+        def handle_request(self, request):
+            self.sent.append(json.dumps(dict(request.payload), allow_nan=False))
+            return TransportResponse(body={"id": "x", "object": "chat.completion", "created": 1, "model": QWEN, "choices": []})
+
+    user = {"role": "user", "content": "hi"}
+    cases = [
+        ({"messages": [user], "temperature": float("nan")}, "temperature", "not a JSON number"),
+        ({"messages": [user], "top_p": float("inf")}, "top_p", "not a JSON number"),
+        ({"messages": [user], "extra": {"ids": {1, 2}}}, "extra.ids", "a set is not a JSON value"),
+        ({"messages": [user], "extra": [b"raw"]}, r"extra\[0\]", "a bytes is not a JSON value"),
+        ({"messages": [{**user, "meta": object()}]}, r"messages\[0\].meta", "not a JSON value"),
+        ({"messages": [{**user, (1, 2): "x"}]}, r"messages\[0\]", "tuple key"),
+        ({"messages": [user], "tools": [{"type": "function", "function": {"name": "f", "parameters": {"x": float("-inf")}}}]}, "parameters.x", "not a JSON number"),
+    ]
+    transport = Recording()
+    ai = AI(transport=transport)
+    fast, _ = reference(QWEN)
+    for payload, path, message in cases:
+        assert fast(payload) is False
+        with pytest.raises(ValidationError, match=path) as info:
+            ai.run(QWEN, payload)
+        assert message in str(info.value)
+    assert transport.sent == []  # nothing reached the transport
+    ai.run(QWEN, {"messages": [user], "temperature": 0.5, "extra": {"ok": [1, 2.5, None, True, "s"]}})
+    assert len(transport.sent) == 1
 
 
 def test_untranslated_keywords_fall_back_to_jsonschema():
