@@ -500,3 +500,47 @@ def test_unvalidated_garbage_still_gets_a_clear_error(local_ai):
 def test_remote_rejects_local_only_arguments():
     with pytest.raises(TypeError, match="max_image_pixels"):
         AI(base_url="http://127.0.0.1:9/v1", max_image_pixels=10)
+
+
+def test_async_local_backend_under_trio(tiny_dirs):
+    """The async path is not tied to asyncio: the same calls, streams and cancellation under trio."""
+    trio = pytest.importorskip("trio")
+
+    async def main() -> None:
+        async with azion_ai.AsyncAI(backend="local", models={INTERNVL_ID: str(tiny_dirs[INTERNVL_ID])}, device="cpu") as aai:
+            whole = await aai.run(INTERNVL_ID, HELLO)
+            stream = await aai.run(INTERNVL_ID, {**HELLO, "stream": True})
+            text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            assert text == whole.choices[0].message.content
+
+            prompts = [f"Question {i}" for i in range(3)]
+            sequential = [(await aai.run(INTERNVL_ID, {**HELLO, "messages": [{"role": "user", "content": p}]})).choices[0].message.content for p in prompts]
+            together: dict[int, str] = {}
+
+            async def one(i: int) -> None:
+                done = await aai.run(INTERNVL_ID, {**HELLO, "messages": [{"role": "user", "content": prompts[i]}]})
+                together[i] = done.choices[0].message.content
+
+            async with trio.open_nursery() as nursery:
+                for i in range(3):
+                    nursery.start_soon(one, i)
+            assert [together[i] for i in range(3)] == sequential
+
+            steps = []
+            hook = aai.transport._workers[INTERNVL_ID].loaded.model.lm_head.register_forward_hook(lambda *a: steps.append(1))
+            try:
+                with trio.move_on_after(0.3) as scope:
+                    long = await aai.run(INTERNVL_ID, {**HELLO, "max_tokens": 3000, "stream": True})
+                    async for _ in long:
+                        pass
+                assert scope.cancelled_caught
+                await trio.sleep(0.3)
+                settled = len(steps)
+                await trio.sleep(0.3)
+                assert len(steps) == settled < 3000  # generation stopped with the cancelled scope
+            finally:
+                hook.remove()
+            again = await aai.run(INTERNVL_ID, HELLO)
+            assert again.choices[0].message.content == whole.choices[0].message.content
+
+    trio.run(main)

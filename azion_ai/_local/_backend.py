@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import os
 import queue
+import sys
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -229,41 +231,66 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         return TransportResponse(events=chunks(), close=job.cancel)
 
     async def handle_async_request(self, request: ChatRequest) -> AsyncTransportResponse:
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        call_soon = _threadsafe_scheduler()
+        send, receive = anyio.create_memory_object_stream[tuple[str, Any]](max_buffer_size=math.inf)
 
-        def emit(item: tuple[str, Any]) -> None:
+        def deliver(item: tuple[str, Any]) -> None:  # runs on the event loop's thread
             try:
-                loop.call_soon_threadsafe(events.put_nowait, item)
-            except RuntimeError:  # the loop is gone: nobody is listening any more
+                send.send_nowait(item)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                job.cancel()  # the caller stopped listening
+
+        def emit(item: tuple[str, Any]) -> None:  # runs on the worker thread
+            try:
+                call_soon(deliver, item)
+            except RuntimeError:  # the event loop is gone: nobody is listening any more
                 job.cancel()
+
+        def done() -> None:
+            job.cancel()
+            receive.close()
+            send.close()
 
         # model loading and image fetching block: keep them off the event loop
         worker, job = await anyio.to_thread.run_sync(self._job, request, emit)
         worker.submit(job)
         try:
-            _value(*await events.get())
+            _value(*await receive.receive())
             if not request.stream:
-                return AsyncTransportResponse(body=_value(*await events.get()))
+                body = _value(*await receive.receive())
+                done()
+                return AsyncTransportResponse(body=body)
         except BaseException:
-            job.cancel()
+            done()
             raise
 
         async def chunks() -> AsyncIterator[dict[str, Any]]:
             try:
                 while True:
-                    kind, value = await events.get()
+                    kind, value = await receive.receive()
                     value = _value(kind, value)
                     if kind == "done":
                         return
                     yield value
             finally:
-                job.cancel()
+                done()
 
         async def aclose() -> None:
-            job.cancel()
+            done()
 
         return AsyncTransportResponse(events=chunks(), aclose=aclose)
+
+
+def _threadsafe_scheduler() -> Callable[..., Any]:
+    """``call_soon(fn, *args)`` onto the running event loop from another thread: asyncio's
+    ``call_soon_threadsafe`` or trio's ``run_sync_soon``, so the async path runs under either."""
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            return trio.lowlevel.current_trio_token().run_sync_soon  # type: ignore[no-any-return]
+        except RuntimeError:  # trio is imported, but this is not a trio run
+            pass
+    return asyncio.get_running_loop().call_soon_threadsafe
 
 
 def _value(kind: str, value: Any) -> Any:
