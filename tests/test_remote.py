@@ -394,3 +394,35 @@ async def test_async_injected_client():
         assert (await ai.run(QWEN, PAYLOAD)).model == QWEN
     assert not client.is_closed
     await client.aclose()
+
+
+def test_async_client_runs_under_trio(monkeypatch):
+    """AsyncAI over HTTP is anyio throughout: retries (with their sleep) and streams under trio."""
+    trio = pytest.importorskip("trio")
+    from azion_ai import _remote
+
+    slept: list[float] = []
+
+    async def no_wait(delay: float) -> None:
+        slept.append(delay)
+        await trio.sleep(0)
+
+    monkeypatch.setattr(_remote, "_async_sleep", no_wait)
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [{"index": 0, "delta": {"content": "Hi"}}]}
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if len(calls) == 1:
+            return httpx.Response(503, headers={"retry-after": "0"})
+        body = b"data: " + json.dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n"
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    async def main() -> list[str | None]:
+        client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        async with azion_ai.AsyncAI(base_url="http://127.0.0.1:9/v1", token="t", http_client=client) as aai:
+            stream = await aai.run("qwen-qwen25-vl-3b-instruct-awq", {"messages": [{"role": "user", "content": "hi"}], "stream": True})
+            return [c.choices[0].delta.content async for c in stream]
+
+    assert trio.run(main) == ["Hi"]
+    assert len(calls) == 2 and len(slept) == 1
