@@ -148,3 +148,29 @@ def test_token_step_sampling_uses_generates_warpers(local_ai):
     assert cold == greedy
     wide = {local_ai.run(INTERNVL_ID, {**PAYLOAD, "temperature": 2.0}).choices[0].message.content for _ in range(4)}
     assert len(wide) > 1  # and a hot temperature really samples
+
+
+def test_compiled_token_step_reuses_its_graphs_and_cache(tiny_dirs, local_ai):
+    """Lone requests with compile=True run the compiled token step (not generate()) on one static
+    cache; after each kind of request has been seen once, nothing compiles again."""
+    import torch._dynamo
+
+    def image(color):
+        return {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": png_data_uri(color, size=(96, 64))}}, {"type": "text", "text": "What?"}]}], "max_tokens": 8, "temperature": 0}
+
+    requests = [PAYLOAD, image((10, 200, 30)), {**PAYLOAD, "messages": [{"role": "user", "content": "Tell me more"}]}, image((200, 10, 30)), PAYLOAD]
+    expected = [local_ai.run(QWEN_ID, r).choices[0].message.content for r in requests]
+    torch._dynamo.utils.counters.clear()
+    with AI(backend="local", models={QWEN_ID: str(tiny_dirs[QWEN_ID])}, device="cpu", compile=True) as ai:
+        ai.transport.load(QWEN_ID)
+        worker = ai.transport._workers[QWEN_ID]
+        worker.loaded.model.generate = lambda *a, **k: pytest.fail("a lone request went through generate()")
+        got, graphs, caches = [], [], []
+        for r in requests:
+            got.append(ai.run(QWEN_ID, r).choices[0].message.content)
+            graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+            caches.append(id(worker._static_cache))
+    assert got == expected
+    assert worker._compiled_forward is not None  # (its graphs may come from an earlier test's compile)
+    assert graphs[-1] == graphs[-2] == graphs[-3]  # warm: no more compiling
+    assert len(set(caches)) == 1

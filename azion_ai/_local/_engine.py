@@ -1,8 +1,8 @@
 """Generation: one worker thread owns each loaded model and is fed by a queue.
 
 Layers, as in mlx-lm: a token step (our own prefill-then-one-forward-per-token loop for a lone
-request; transformers' ``generate`` calling our sink once per token for batches, sampled ``n`` > 1
-and the static-cache / compiled paths), a stream of responses (chunk dicts built from those tokens
+request, eager or compiled; transformers' ``generate`` calling our sink once per token for batches
+and sampled ``n`` > 1), a stream of responses (chunk dicts built from those tokens
 as they come), and a full response (the same builder's final state). The worker does all
 tokenizer and model work, so nothing that touches the model runs on two threads at once; callers
 only read the events a job emits.
@@ -293,6 +293,9 @@ class ModelWorker:
         if self.options.get("compile"):
             _allow_compiling_quantized(loaded.model)
         self._peft: Any = None  # the PeftModel wrapping the model once an adapter is loaded
+        self._static_cache: Any = None  # reused by lone requests: compiled steps keep its addresses
+        self._static_size = 0
+        self._compiled_forward: Any = None
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._pending: collections.deque[Job | None] = collections.deque()
         self._thread = threading.Thread(target=self._loop, name=f"azion-ai-{loaded.model_id}", daemon=True)
@@ -513,29 +516,50 @@ class ModelWorker:
             job.emit(("done", builder.completion()))
 
     def _steps_itself(self, jobs: list[Job], config: Any) -> bool:
-        """One request on the default (dynamic-cache, eager) path runs through :meth:`_decode`;
-        batches, sampled ``n`` > 1 and the static-cache / compiled paths use generate()."""
+        """A lone request runs through :meth:`_decode`; batches and sampled ``n`` > 1 use generate()."""
         return (
             len(jobs) == 1
             and (jobs[0].params.n == 1 or not config.do_sample)
             and bool(self.options.get("fast_decode", True))
-            and not self.options.get("static_cache")
-            and not self.options.get("compile")
         )
+
+    def _kv_cache(self, needed: int) -> Any:
+        """A fresh dynamic cache; or, with static_cache / compile, the worker's static cache, reset,
+        and regrown to the next power of two only when a request needs more room."""
+        from transformers import DynamicCache, StaticCache
+
+        config = self.loaded.model.config
+        if not (self.options.get("static_cache") or self.options.get("compile")):
+            return DynamicCache(config=config)
+        if self._static_cache is None or self._static_size < needed:
+            self._static_cache = None  # free the old one first
+            self._static_size = max(256, 1 << (needed - 1).bit_length())
+            self._static_cache = StaticCache(config=config, max_cache_len=self._static_size)
+        else:
+            self._static_cache.reset()
+        return self._static_cache
+
+    def _decode_step(self) -> Any:
+        """The model's forward for one token; with compile, torch.compile'd once per worker
+        ("reduce-overhead" on CUDA: the step is replayed as CUDA graphs)."""
+        if not self.options.get("compile"):
+            return self.loaded.model
+        if self._compiled_forward is None:
+            import torch
+
+            mode = "reduce-overhead" if self.loaded.device.type == "cuda" else None
+            self._compiled_forward = torch.compile(self.loaded.model.forward, mode=mode, dynamic=False, fullgraph=False)
+        return self._compiled_forward
 
     def _decode(self, job: Job, builder: ResponseBuilder, inputs: dict[str, Any], config: Any, penalty: Any) -> None:
         """The token step, without generate()'s per-step machinery: prefill once, then one forward
-        per token until the builder says the choice is finished or the job is cancelled.
+        per token until the builder says the choice is finished or the job is cancelled. With
+        static_cache / compile the KV cache is static and (compile) the step is compiled.
 
         Sampling uses transformers' own warpers in generate()'s order (temperature, top-k, top-p),
         so both paths draw from the same distribution; greedy output is identical (tested)."""
         import torch
-        from transformers import (
-            DynamicCache,
-            TemperatureLogitsWarper,
-            TopKLogitsWarper,
-            TopPLogitsWarper,
-        )
+        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
         model = self.loaded.model
         inner: Any = getattr(model, "model", None)
@@ -549,9 +573,10 @@ class ModelWorker:
                 warpers.append(TopKLogitsWarper(config.top_k))
             if config.top_p < 1.0:
                 warpers.append(TopPLogitsWarper(config.top_p))
-        cache = DynamicCache(config=model.config)
         ids = inputs["input_ids"]
-        out = model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache = self._kv_cache(int(ids.shape[1]) + builder.max_tokens)
+        step = self._decode_step()
+        out = model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)  # prefill: eager
         while True:
             scores = out.logits[:, -1, :].float()
             if penalty is not None:
@@ -569,7 +594,7 @@ class ModelWorker:
                 job.emit(("chunk", chunk))
             if builder.all_finished or job.cancelled.is_set():
                 return
-            out = model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = step(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
 
 
 def _batch_key(job: Job) -> tuple[Any, ...] | None:
