@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         model_ids = (QWEN, INTERNVL) if i == 0 else (QWEN,)  # InternVL3 is not quantized: once is enough
         rows += run(args.size, args.device, args.prompt_tokens, args.new_tokens, args.concurrency, args.rounds, model_ids, awq_kernel=kernel, **speed)
     mode = "compile" if args.compile else ("static cache" if args.static_cache else "eager")
-    mode += ", generate()" if args.no_fast_decode or args.compile or args.static_cache else ", token step"
+    mode += ", generate()" if args.no_fast_decode else ", token step"
     mode += f", max_batch_size {args.max_batch_size}"
     print(f"| model | measure ({args.size} shapes, {args.device}, {mode}) | value |\n| --- | --- | --- |")
     for row in rows:
