@@ -71,26 +71,26 @@ def _json_scalar(value: Any) -> bool:
 
 
 def _plain(value: Any, depth: int, limit: int) -> bool:
-    """Is ``value`` (itself at ``depth``) plain JSON, with nothing nested deeper than ``limit``?"""
+    """Is ``value`` (itself at ``depth``) plain JSON, with nothing nested deeper than ``limit``?
+
+    Recursive: the depth limit bounds the recursion, and small payloads walk faster this way."""
     if depth > limit:
         return False
-    if not isinstance(value, (dict, list, tuple)):
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
         return _json_scalar(value)
-    stack = [(value, depth)]
-    while stack:
-        node, level = stack.pop()
-        children: Any = node
-        if isinstance(node, dict):
-            if not all(isinstance(key, _SCALARS) for key in node):
+    for key, child in items:
+        if type(key) is not str and not isinstance(key, _SCALARS):
+            return False
+        kind = type(child)
+        if kind is str or kind is int or kind is bool or child is None:
+            if depth + 1 > limit:
                 return False
-            children = node.values()
-        for child in children:
-            if level + 1 > limit:
-                return False
-            if isinstance(child, (dict, list, tuple)):
-                stack.append((child, level + 1))
-            elif not _json_scalar(child):
-                return False
+        elif not _plain(child, depth + 1, limit):
+            return False
     return True
 
 
