@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["Unsupported", "compile_schema", "resolve_local_ref"]
+__all__ = ["JSON_SCALARS", "Unsupported", "compile_schema", "is_json_scalar", "resolve_local_ref"]
 
 # Validation keywords of draft 7 that this compiler does not translate.
 _UNTRANSLATED = frozenset({"multipleOf", "uniqueItems", "additionalItems", "$id", "id"})
@@ -60,14 +60,14 @@ def _json_equal(a: Any, b: Any) -> bool:
         return False
 
 
-_SCALARS = (str, int, float, bool, type(None))
+JSON_SCALARS = (str, int, float, bool, type(None))
 
 
-def _json_scalar(value: Any) -> bool:
+def is_json_scalar(value: Any) -> bool:
     """A value json.dumps writes as valid JSON: no sets, bytes or objects; no NaN or Infinity."""
     if isinstance(value, float):
         return value - value == 0.0  # false for NaN and +-Infinity
-    return isinstance(value, _SCALARS)
+    return isinstance(value, JSON_SCALARS)
 
 
 def _plain(value: Any, depth: int, limit: int) -> bool:
@@ -81,9 +81,9 @@ def _plain(value: Any, depth: int, limit: int) -> bool:
     elif isinstance(value, (list, tuple)):
         items = enumerate(value)
     else:
-        return _json_scalar(value)
+        return is_json_scalar(value)
     for key, child in items:
-        if type(key) is not str and not isinstance(key, _SCALARS):
+        if type(key) is not str and not isinstance(key, JSON_SCALARS):
             return False
         kind = type(child)
         if kind is str or kind is int or kind is bool or child is None:
@@ -118,8 +118,8 @@ class _Compiler:
             "_MISSING": object(),
             "_json_equal": _json_equal,
             "_plain": _plain,
-            "_json_scalar": _json_scalar,
-            "_SCALAR_TYPES": _SCALARS,
+            "is_json_scalar": is_json_scalar,
+            "JSON_SCALARS": JSON_SCALARS,
             "_LIMIT": max_depth,
         }
         self.functions: list[str] = []
@@ -273,7 +273,7 @@ class _Compiler:
                     test = "True" if known == kind else _TYPE_TESTS[kind].format(v=var)
                     out.append(f"{pad}if {test} and not _plain({var}, {depth}, _LIMIT): return False")
             if known is None:  # a scalar here is unconstrained: it must still be plain JSON
-                out.append(f"{pad}if not isinstance({var}, (dict, list, tuple)) and not _json_scalar({var}): return False")
+                out.append(f"{pad}if not isinstance({var}, (dict, list, tuple)) and not is_json_scalar({var}): return False")
         return height
 
     def guard(self, known: str | None, kind: str, var: str, pad: str, out: list[str]) -> tuple[str, int]:
@@ -379,7 +379,7 @@ class _Compiler:
         else:
             out.append(f"{inner}if {name} in {known}: continue")
         if not exact:
-            out.append(f"{inner}if not isinstance({name}, _SCALAR_TYPES): return False")
+            out.append(f"{inner}if not isinstance({name}, JSON_SCALARS): return False")
         out.append(f"{inner}if not {self.call(extra, value, depth + ' + 1', exact)}: return False")
         return height
 

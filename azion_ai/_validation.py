@@ -21,7 +21,13 @@ from jsonschema.exceptions import best_match
 
 from ._exceptions import ValidationError, ValidationIssue
 from ._models import ModelInfo
-from ._schema_compile import Unsupported, compile_schema, resolve_local_ref
+from ._schema_compile import (
+    JSON_SCALARS,
+    Unsupported,
+    compile_schema,
+    is_json_scalar,
+    resolve_local_ref,
+)
 
 __all__ = ["validate_payload", "format_path"]
 
@@ -397,14 +403,16 @@ def _not_plain_json(payload: Any, limit: int = MAX_DEPTH) -> ValidationIssue | N
             return ValidationIssue(format_path(path[: limit + 1]), f"nested deeper than {limit} levels")
         if isinstance(node, Mapping):
             for key, value in node.items():
-                if not isinstance(key, (str, int, float, bool, type(None))):
+                if not isinstance(key, JSON_SCALARS):
                     return ValidationIssue(format_path(path), f"has a {type(key).__name__} key; JSON object keys are strings")
                 stack.append((value, [*path, key]))
         elif isinstance(node, (list, tuple)):
             stack.extend((v, [*path, i]) for i, v in enumerate(node))
-        elif isinstance(node, float) and node - node != 0.0:
+        elif is_json_scalar(node):
+            continue
+        elif isinstance(node, float):
             return ValidationIssue(format_path(path), f"{node} is not a JSON number; use a finite number")
-        elif not isinstance(node, (str, int, float, bool, type(None))):
+        else:
             return ValidationIssue(
                 format_path(path),
                 f"a {type(node).__name__} is not a JSON value; use strings, numbers, booleans, null, lists or dicts",
