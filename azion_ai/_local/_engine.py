@@ -142,6 +142,9 @@ class ResponseBuilder:
         )
 
     def step(self, row_ids: Sequence[int]) -> dict[str, Any] | None:
+        """One token per choice; a single token goes to every choice (greedy choices are alike)."""
+        if len(row_ids) == 1 and len(self.choices) > 1:
+            row_ids = list(row_ids) * len(self.choices)
         out = []
         for choice, tid in zip(self.choices, row_ids, strict=True):
             if choice.finish_reason is not None:
@@ -254,8 +257,7 @@ class _Sink:
         rows = value.reshape(-1).tolist()
         n = self.n
         for j, (job, builder) in enumerate(zip(self.jobs, self.builders, strict=True)):
-            ids = rows[j : j + 1] * n if self.fan_out else rows[j * n : (j + 1) * n]
-            chunk = builder.step(ids)
+            chunk = builder.step(rows[j : j + 1] if self.fan_out else rows[j * n : (j + 1) * n])
             if chunk is not None and job.stream:
                 job.emit(("chunk", chunk))
 
@@ -589,7 +591,7 @@ class ModelWorker:
                 token = scores.argmax(dim=-1, keepdim=True)
             if penalty is not None:
                 ids = torch.cat([ids, token], dim=1)
-            chunk = builder.step(token.view(-1).tolist() * len(builder.choices))  # n > 1 only when greedy
+            chunk = builder.step(token.view(-1).tolist())  # one row: n > 1 only when greedy
             if chunk is not None and job.stream:
                 job.emit(("chunk", chunk))
             if builder.all_finished or job.cancelled.is_set():
