@@ -161,6 +161,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     speed = {"static_cache": args.static_cache, "compile": args.compile, "max_batch_size": args.max_batch_size}
     if args.awq_kernel:
         speed["awq_kernel"] = args.awq_kernel
+    if args.chat_template:
+        speed["chat_template"] = args.chat_template
+    if args.max_model_len:
+        speed["max_model_len"] = args.max_model_len
     serve(models, host=args.host, port=args.port, device=args.device, api_key=api_key, **speed)
     return EXIT_OK
 
@@ -211,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--compile", action="store_true", help="static cache + torch.compile (CUDA graphs on GPU)")
     serve.add_argument("--max-batch-size", type=int, default=1, metavar="N", help="run up to N waiting requests together")
     serve.add_argument("--awq-kernel", choices=AWQ_KERNELS, help="gptqmodel kernel for AWQ layers")
+    serve.add_argument("--chat-template", metavar="FILE", help="chat template for every request (as vLLM's --chat-template)")
+    serve.add_argument("--max-model-len", type=int, metavar="N", help="context length, prompt + output (as vLLM's)")
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="the end-to-end tour: local backend, server and remote transport")

@@ -188,7 +188,6 @@ class ChatServer:
             return _error(503, f"model {model_id!r} is still loading; retry shortly", type_="service_unavailable", code="model_loading")
         if state.error is not None:
             return _error(503, f"model {model_id!r} failed to load: {state.error}", type_="service_unavailable", code="model_load_failed")
-        payload.pop("stream_options", None)
         try:
             result = await self.client.run(model_id, payload)
         except BaseException as exc:
@@ -200,7 +199,8 @@ class ChatServer:
     async def _sse(self, stream: Any) -> AsyncIterator[bytes]:
         try:
             async for chunk in stream:
-                yield b"data: " + chunk.model_dump_json(exclude_none=False).encode() + b"\n\n"
+                # the fields the engine set, as vLLM sends them (a content delta has no "role")
+                yield b"data: " + chunk.model_dump_json(exclude_unset=True).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
         except AzionAIError as exc:
             error = {"error": {"message": str(exc), "type": type(exc).__name__, "param": None, "code": None}}

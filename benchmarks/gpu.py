@@ -68,7 +68,7 @@ def run(size: str, device: str, prompt_tokens: int, new_tokens: int, concurrency
             loaded = ai.transport._workers[model_id].loaded  # type: ignore[attr-defined]
             label = f"{model_id} [{loaded.awq_kernel}]" if loaded.awq_kernel else model_id
             words = " ".join(["capital"] * prompt_tokens)
-            payload = {"messages": [{"role": "user", "content": words}], "max_tokens": new_tokens, "temperature": 0, "stream": True}
+            payload = {"messages": [{"role": "user", "content": words}], "max_tokens": new_tokens, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
 
             def timed_stream(p: dict[str, Any]) -> tuple[float, float, int]:
                 start = time.perf_counter()
@@ -87,7 +87,7 @@ def run(size: str, device: str, prompt_tokens: int, new_tokens: int, concurrency
                 ttft, rest, n = timed_stream(payload)
                 ttft_text.append(ttft)
                 decode.append((n - 1) / rest if rest > 0 else float("nan"))
-            image_payload = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_uri()}}, {"type": "text", "text": "What is in this image?"}]}], "max_tokens": 8, "temperature": 0, "stream": True}
+            image_payload = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_uri()}}, {"type": "text", "text": "What is in this image?"}]}], "max_tokens": 8, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
             ttft_image = statistics.median(timed_stream(image_payload)[0] for _ in range(rounds))
 
             # plain generate() on the same model and prompt

@@ -379,7 +379,7 @@ def bench_local(new_tokens: int, rounds: int) -> list[Row]:
     rows: list[Row] = []
     with AI(backend="local", models=models, device="cpu") as ai, AI(backend="local", models=models, device="cpu", fast_decode=False) as via_generate:
         for model_id in (QWEN, INTERNVL):
-            payload = {"messages": [{"role": "user", "content": "Name the european capitals"}], "max_tokens": new_tokens, "temperature": 0, "stream": True}
+            payload = {"messages": [{"role": "user", "content": "Name the european capitals"}], "max_tokens": new_tokens, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
             via_generate.transport.load(model_id)  # type: ignore[attr-defined]
             ai.transport.load(model_id)  # type: ignore[attr-defined]
             loaded = ai.transport._workers[model_id].loaded  # type: ignore[attr-defined]

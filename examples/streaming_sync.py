@@ -3,7 +3,7 @@
 from _setup import INTERNVL, make_client
 
 with make_client() as ai:
-    payload = {"stream": True, "messages": [{"role": "user", "content": "Name the european capitals"}], "max_tokens": 48}
+    payload = {"stream": True, "stream_options": {"include_usage": True}, "messages": [{"role": "user", "content": "Name the european capitals"}], "max_tokens": 48}
     with ai.run(INTERNVL, payload) as stream:
         for chunk in stream:
             for choice in chunk.choices:

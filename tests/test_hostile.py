@@ -195,6 +195,8 @@ def test_batched_concurrent_requests_match_sequential(tiny_dirs, local_ai, model
             try:
                 gate.wait()
                 payload = {**base, "messages": [{"role": "user", "content": prompt}], "stream": i % 2 == 0}
+                if payload["stream"]:
+                    payload["stream_options"] = {"include_usage": True}
                 if i == 5:
                     payload["max_tokens"] = 3  # a shorter budget inside a batch
                 out = ai.run(model_id, payload)
@@ -221,12 +223,13 @@ def test_batched_concurrent_requests_match_sequential(tiny_dirs, local_ai, model
 
 @pytest.mark.local
 def test_batched_greedy_requests_with_several_choices(tiny_dirs, local_ai, monkeypatch):
-    """Greedy n > 1 inside a batch: one generated row per request, fanned out to its n choices."""
+    """n > 1 inside a batch, sampling with top_k 1 (as Qwen's generation_config does): every
+    choice of every request is that request's greedy answer."""
     from azion_ai._local import _engine
 
     prompts = [f"Question {i}" + " again" * i for i in range(4)]
-    base = {"max_tokens": 6, "temperature": 0, "n": 2}
-    expected = {p: local_ai.run(INTERNVL, {**base, "n": 1, "messages": [{"role": "user", "content": p}]}).choices[0].message.content for p in prompts}
+    base = {"max_tokens": 6, "temperature": 1.0, "top_k": 1, "n": 2}
+    expected = {p: local_ai.run(INTERNVL, {"max_tokens": 6, "temperature": 0, "messages": [{"role": "user", "content": p}]}).choices[0].message.content for p in prompts}
     sizes: list[int] = []
     original = _engine.ModelWorker._run
     monkeypatch.setattr(_engine.ModelWorker, "_run", lambda self, jobs: sizes.append(len(jobs)) or original(self, jobs))

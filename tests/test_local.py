@@ -146,14 +146,17 @@ def test_greedy_stream_equals_non_stream_and_usage_is_exact(local_ai, model_id):
     choice = whole.choices[0]
     assert choice.finish_reason == "length" and whole.usage.completion_tokens == 12
 
-    stream = local_ai.run(model_id, {**HELLO, "stream": True})
+    stream = local_ai.run(model_id, {**HELLO, "stream": True, "stream_options": {"include_usage": True}})
     assert isinstance(stream, Stream)
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == choice.message.content and text
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert chunks[-1].choices[0].finish_reason == "length"
-    assert chunks[-1].usage == whole.usage
+    assert chunks[-2].choices[0].finish_reason == "length" and chunks[-2].usage is None
+    assert chunks[-1].choices == []  # usage comes last, in a chunk of its own (include_usage)
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (whole.usage.prompt_tokens, 12)
+    plain = list(local_ai.run(model_id, {**HELLO, "stream": True}))
+    assert all(c.usage is None and c.choices for c in plain)  # no usage unless asked, as in vLLM
 
     processor = worker(local_ai, model_id).loaded.processor
     prompt = processor.apply_chat_template(
@@ -227,22 +230,29 @@ def test_stop_finish_reason_when_the_model_emits_eos(local_ai):
 
 
 def test_n_choices_and_sampling(local_ai):
-    done = local_ai.run(QWEN_ID, {**HELLO, "n": 3, "temperature": 1.5, "top_p": 0.9, "max_tokens": 6})
+    # top_k -1 turns off the checkpoint's top_k 1 (vLLM's convention), so the choices differ
+    done = local_ai.run(QWEN_ID, {**HELLO, "n": 3, "temperature": 1.5, "top_p": 0.9, "top_k": -1, "max_tokens": 6})
     assert [c.index for c in done.choices] == [0, 1, 2]
     assert done.usage.completion_tokens == 18
     assert len({c.message.content for c in done.choices}) > 1
-    stream = local_ai.run(QWEN_ID, {**HELLO, "n": 2, "temperature": 1.0, "max_tokens": 5, "stream": True})
+    stream = local_ai.run(QWEN_ID, {**HELLO, "n": 2, "temperature": 1.0, "max_tokens": 5, "stream": True, "stream_options": {"include_usage": True}})
     final = stream.get_final_completion()
     assert len(final.choices) == 2 and final.usage.completion_tokens == 10
 
 
 def test_context_overflow_is_refused_before_generating(local_ai):
-    with pytest.raises(azion_ai.ValidationError, match="exceeds the context length of 16384") as info:
-        local_ai.run(INTERNVL_ID, {**HELLO, "max_tokens": 16384})
+    with pytest.raises(azion_ai.ValidationError, match="exceeds the context length") as info:
+        local_ai.run(INTERNVL_ID, {**HELLO, "max_tokens": 16385})
     assert info.value.paths == ["max_tokens"]
     with pytest.raises(azion_ai.ValidationError):
-        local_ai.run(INTERNVL_ID, {**HELLO, "max_tokens": 16384, "stream": True})
+        local_ai.run(INTERNVL_ID, {**HELLO, "max_tokens": 16385, "stream": True})
     assert local_ai.run(INTERNVL_ID, HELLO).choices[0].finish_reason == "length"
+
+
+def test_greedy_with_several_choices_is_refused_like_vllm(local_ai):
+    with pytest.raises(azion_ai.ValidationError, match="n must be 1 when using greedy sampling") as info:
+        local_ai.run(QWEN_ID, {**HELLO, "n": 2})
+    assert info.value.paths == ["n"]
 
 
 def test_default_max_tokens_is_the_rest_of_the_context(local_ai, monkeypatch):
@@ -251,9 +261,9 @@ def test_default_max_tokens_is_the_rest_of_the_context(local_ai, monkeypatch):
     seen = []
     original = _engine.ResponseBuilder.__init__
 
-    def spy(self, loaded, model_id, n, tools, max_tokens, prompt_tokens):
+    def spy(self, loaded, model_id, n, tools, max_tokens, prompt_tokens, *rest):
         seen.append((max_tokens, prompt_tokens))
-        original(self, loaded, model_id, n, tools, max_tokens, prompt_tokens)
+        original(self, loaded, model_id, n, tools, max_tokens, prompt_tokens, *rest)
 
     monkeypatch.setattr(_engine.ResponseBuilder, "__init__", spy)
     stream = local_ai.run(INTERNVL_ID, {"messages": HELLO["messages"], "temperature": 0, "stream": True})
@@ -301,7 +311,7 @@ def test_exception_in_the_generating_thread_reaches_the_caller(local_ai, n):
         if len(calls) == 3:  # a few tokens in
             raise RuntimeError("CUDA out of memory (simulated)")
 
-    payload = {**HELLO, "n": n}
+    payload = {**HELLO, "n": n, "temperature": 1.0 if n > 1 else 0}
     hook = loaded.model.lm_head.register_forward_hook(boom)
     try:
         with pytest.raises(azion_ai.LocalBackendError, match="simulated"):

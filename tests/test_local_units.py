@@ -26,13 +26,9 @@ QWEN_OUTPUTS = [
 
 def _parse(pieces):
     parser = ToolCallParser()
-    content, calls = "", []
-    for piece in pieces:
-        out = parser.feed(piece)
-        content += out.content
-        calls += out.tool_calls
+    content = "".join(parser.feed(piece) for piece in pieces)
     out = parser.finish()
-    return content + out.content, [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls + out.tool_calls]
+    return content + out.content, [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in out.tool_calls]
 
 
 @pytest.mark.parametrize("text", QWEN_OUTPUTS)
@@ -57,7 +53,7 @@ def test_no_partial_tag_is_ever_emitted_as_content():
     parser = ToolCallParser()
     emitted = ""
     for ch in "ok <tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>":
-        emitted += parser.feed(ch).content
+        emitted += parser.feed(ch)
         assert "<" not in emitted.replace("ok ", "", 1) or emitted == "ok "
     assert emitted == "ok "
 
@@ -90,17 +86,87 @@ def test_penalties_follow_openai_semantics():
     assert out[0].tolist() == [0.0, -(0.5 + 2 * 0.25), -(0.5 + 0.25), 0.0, 0.0, 0.0]  # prompt token 5 untouched
 
 
-def test_conversation_groups_tool_results_and_collects_images():
-    messages = [
-        {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "https://a/b.png"}}]},
-        {"role": "assistant", "content": "", "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}, {"id": "2", "type": "function", "function": {"name": "g", "arguments": "{}"}}]},
-        {"role": "tool", "content": "A", "tool_call_id": "1"},
-        {"role": "tool", "content": "B", "tool_call_id": "2"},
-    ]
-    conv, images = build_conversation(messages, None)
+HISTORY = [
+    {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "https://a/b.png"}}, {"type": "text", "text": "there"}]},
+    {"role": "assistant", "content": "", "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}, {"id": "2", "type": "function", "function": {"name": "g", "arguments": "not json"}}]},
+    {"role": "tool", "content": [{"type": "text", "text": "A"}], "tool_call_id": "1"},
+    {"role": "assistant", "content": "ok", "tool_calls": []},
+]
+
+
+def test_conversation_for_a_template_that_places_images():
+    conv, images = build_conversation(HISTORY, "openai", "<IMG>")
     assert images == [("https://a/b.png", "messages[0].content[1].image_url.url")]
-    assert conv[-1] == {"role": "user", "content": [{"type": "text", "text": "<tool_response>\nA\n</tool_response>\n<tool_response>\nB\n</tool_response>"}]}
-    assert conv[1]["content"][0]["text"].count("<tool_call>") == 2
+    assert conv[0]["content"] == [{"type": "text", "text": "hi"}, {"type": "image"}, {"type": "text", "text": "there"}]
+    # history calls reach the template with their arguments parsed (unparsable ones as {})
+    assert [c["function"]["arguments"] for c in conv[1]["tool_calls"]] == [{"x": 1}, {}]
+    assert conv[2] == {"role": "tool", "content": "A", "tool_call_id": "1"}  # tool results are text
+    assert "tool_calls" not in conv[3]  # an empty list is no calls
+
+
+def test_conversation_for_a_string_template_puts_images_in_front():
+    conv, _ = build_conversation(HISTORY, "string", "<IMG>")
+    assert conv[0]["content"] == "<IMG>\nhi\nthere"
+    assert conv[1]["content"] == ""
+
+
+def test_content_format_is_read_from_the_template():
+    from azion_ai._local._chat import content_format
+    from azion_ai._local._tiny import INTERNVL_CHAT_TEMPLATE, QWEN_CHAT_TEMPLATE, qwen_tokenizer_template
+
+    assert content_format(QWEN_CHAT_TEMPLATE) == "openai"
+    assert content_format(INTERNVL_CHAT_TEMPLATE) == "openai"
+    assert content_format(qwen_tokenizer_template()) == "string"
+    assert content_format("{{ messages[0].content }}") == "string"
+
+
+def test_template_choice_follows_vllm():
+    from azion_ai._local._chat import ChatTemplates
+
+    both = ChatTemplates(processor="P", tokenizer="T")
+    assert both.select(tools=False) == "P" and both.select(tools=True) == "T"
+    assert ChatTemplates(processor="P", tokenizer="T", override="O").select(tools=True) == "O"
+    assert ChatTemplates(processor="P", tokenizer=None).select(tools=True) == "P"
+    with pytest.raises(ValueError):
+        ChatTemplates(None, None).select(tools=False)
+
+
+def test_tools_reach_the_template_as_vllm_sends_them():
+    from azion_ai._local._chat import template_tools
+
+    tool = {"type": "function", "function": {"name": "f", "extra": 1, "parameters": {"type": "object"}}}
+    assert template_tools([tool]) == [{"type": "function", "function": {"name": "f", "description": None, "parameters": {"type": "object"}}}]
+    assert template_tools(None) is None and template_tools([]) is None
+
+
+def test_sampling_settings_resolve_as_vllm():
+    from azion_ai._local._engine import SamplingParams
+
+    qwen = {"temperature": 0.1, "top_p": 0.001, "top_k": 1, "repetition_penalty": 1.05}
+    p = SamplingParams.resolve({}, qwen)
+    assert (p.temperature, p.top_p, p.top_k, p.repetition_penalty) == (0.1, 0.001, 1, 1.05)
+    p = SamplingParams.resolve({"temperature": 0}, qwen)  # greedy, the penalty still applies
+    assert p.greedy and p.repetition_penalty == 1.05 and p.top_k == 1
+    p = SamplingParams.resolve({"top_p": 0.9, "repetition_penalty": 1.0}, qwen)  # each field on its own
+    assert (p.temperature, p.top_p, p.top_k, p.repetition_penalty) == (0.1, 0.9, 1, 1.0)
+    p = SamplingParams.resolve({}, {})
+    assert (p.temperature, p.top_p, p.top_k, p.min_p, p.repetition_penalty) == (1.0, 1.0, 0, 0.0, 1.0)
+    assert SamplingParams.resolve({"temperature": 1e-4}).temperature == 0.01  # vLLM's floor
+    assert SamplingParams.resolve({"top_k": -1}).top_k == 0  # vLLM's "off"
+    assert SamplingParams.resolve({}, {"max_new_tokens": 7}).max_tokens == 7
+    assert not SamplingParams.resolve({"stream_options": {"include_usage": True}}).include_usage  # streams only
+    assert SamplingParams.resolve({"stream": True, "stream_options": {"include_usage": True}}).include_usage
+
+
+def test_generation_defaults_are_read_as_vllm_reads_them(tmp_path):
+    pytest.importorskip("transformers")
+    from azion_ai._local._loading import generation_defaults
+
+    (tmp_path / "generation_config.json").write_text(json.dumps(
+        {"do_sample": False, "temperature": 0.7, "top_k": 50, "top_p": 0.8, "repetition_penalty": 1.05, "eos_token_id": 2}
+    ))
+    # each value on its own, do_sample ignored (vLLM's generation_config="auto")
+    assert generation_defaults(tmp_path, None) == {"temperature": 0.7, "top_k": 50, "top_p": 0.8, "repetition_penalty": 1.05}
 
 
 def test_import_is_light():

@@ -77,7 +77,7 @@ def test_bad_payloads_get_400_with_the_path(served):
     assert httpx.post(url, content=b"{nope", headers=auth).status_code == 400
     r = httpx.post(url, json={"model": "gpt-4", **HELLO}, headers=auth)
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
-    r = httpx.post(url, json={"model": QWEN_ID, **HELLO, "max_tokens": 32768}, headers=auth)
+    r = httpx.post(url, json={"model": QWEN_ID, **HELLO, "max_tokens": 32769}, headers=auth)
     assert r.status_code == 400 and "context length" in r.json()["error"]["message"]
     r = httpx.post(url, json={"model": QWEN_ID, "messages": [{"role": "user", "content": "x" * 300_000}]}, headers=auth)
     assert r.status_code == 413

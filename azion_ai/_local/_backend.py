@@ -8,6 +8,7 @@ Nothing here imports torch until a model is loaded.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import math
 import os
@@ -29,13 +30,11 @@ from .._transport import (
     ChatRequest,
     TransportResponse,
 )
-from ._chat import build_conversation
+from ._chat import render_prompt
 from ._images import ImageLoader, ImagePolicy
 from ._loading import AWQ_KERNELS
 
 ENV_MODELS_DIR = "AZION_AI_MODELS_DIR"
-DEFAULT_MAX_IMAGE_PIXELS = 1280 * 28 * 28  # Qwen2.5-VL: at most 1280 image tokens an image
-DEFAULT_MAX_IMAGE_TILES = 12  # InternVL3: 448-px tiles (plus a thumbnail)
 
 
 class LocalBackend(BaseTransport, AsyncBaseTransport):
@@ -53,9 +52,11 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         device: str = "auto",
         *,
         image_policy: ImagePolicy | None = None,
-        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        max_image_pixels: int | None = None,
         min_image_pixels: int | None = None,
-        max_image_tiles: int = DEFAULT_MAX_IMAGE_TILES,
+        max_image_tiles: int | None = None,
+        max_model_len: int | None = None,
+        chat_template: str | os.PathLike[str] | None = None,
         max_n: int = 16,
         lora_adapters: Mapping[str, str | os.PathLike[str]] | None = None,
         lora: str | None = None,
@@ -71,9 +72,19 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         self.device = device
         self._paths = {k: Path(v).expanduser() for k, v in (models or {}).items()}
         self.images = image_loader or ImageLoader(image_policy)
+        # Image budgets: None keeps the checkpoint's own preprocessor bounds, as vLLM does
+        # (Qwen2.5-VL: up to 12,845,056 pixels, 16,384 tokens an image; InternVL3: 12 tiles).
         self.max_image_pixels = max_image_pixels
         self.min_image_pixels = min_image_pixels
         self.max_image_tiles = max_image_tiles
+        # The context length (prompt + output), like vLLM's --max-model-len; None: the model's
+        # context length from the registry (Azion's page).
+        if max_model_len is not None and max_model_len < 1:
+            raise ValueError("max_model_len must be >= 1")
+        self.max_model_len = max_model_len
+        # A chat template for every request (template text or a .jinja file), like vLLM's
+        # --chat-template; None renders as vLLM does by default (see docs/conformance.md).
+        self.chat_template = _read_template(chat_template)
         self.max_n = max_n
         self.lora_adapters = {name: Path(p).expanduser() for name, p in (lora_adapters or {}).items()}
         if lora is not None and lora not in self.lora_adapters:
@@ -183,20 +194,36 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
                 known = ", ".join(sorted(self.lora_adapters)) or "none configured"
                 raise LocalBackendError(f"unknown LoRA adapter {lora!r} (configured: {known}); pass AI(..., lora_adapters={{name: dir}})")
             adapter = (lora, self.lora_adapters[lora])
+        max_model_len = self.max_model_len or model.context_length
+        max_tokens = payload.get("max_tokens")
+        if isinstance(max_tokens, int) and max_tokens > max_model_len:
+            raise ValidationError(
+                model.id, [ValidationIssue("max_tokens", f"max_tokens={max_tokens} cannot be greater than the context length ({max_model_len} tokens)")]
+            )
         worker = self._worker(model)
+        loaded = worker.loaded
+        params = SamplingParams.resolve(payload, loaded.generation_defaults)
+        if params.greedy and params.n > 1:
+            raise ValidationError(model.id, [ValidationIssue("n", f"n must be 1 when using greedy sampling (temperature 0), got {params.n}")])
+        templates = loaded.templates
+        if self.chat_template is not None:
+            templates = dataclasses.replace(templates, override=self.chat_template)
         try:
-            conversation, image_refs = build_conversation(payload["messages"], payload.get("tools"))
+            prompt, image_refs = render_prompt(loaded.tokenizer, templates, payload["messages"], payload.get("tools"), loaded.image_placeholder)
         except (KeyError, TypeError, AttributeError, IndexError) as exc:  # only with validate=False
             raise ValidationError(model.id, [ValidationIssue("messages", f"malformed payload ({type(exc).__name__}: {exc}); run with validation on to see every problem")]) from None
+        except jinja2_errors() as exc:
+            raise ValidationError(model.id, [ValidationIssue("messages", f"the chat template could not render these messages: {exc}")]) from None
         images = self.images.load_all(image_refs)
         job = Job(
             model=model,
-            conversation=conversation,
+            prompt=prompt,
             images=images,
-            params=SamplingParams.from_payload(payload),
+            params=params,
             tools=bool(payload.get("tools")),
             stream=request.stream,
             emit=emit,
+            max_model_len=max_model_len,
             adapter=adapter,
             image_limits={
                 "max_pixels": self.max_image_pixels,
@@ -310,3 +337,26 @@ def _public(exc: BaseException) -> BaseException:
     if type(exc).__name__ == "OutOfMemoryError":
         return LocalBackendError(f"out of memory while generating; try fewer or smaller images or a lower max_tokens ({message[:200]})")
     return LocalBackendError(f"generation failed: {type(exc).__name__}: {message[:300]}")
+
+
+def _read_template(template: str | os.PathLike[str] | None) -> str | None:
+    """A chat template given as text, or as the path of a file holding it (.jinja or .json)."""
+    if template is None:
+        return None
+    text = str(template)
+    if "{" not in text:  # a path: templates always hold Jinja tags
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise ValueError(f"chat_template: {text!r} is neither a Jinja template nor a file")
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            import json
+
+            text = json.loads(text)["chat_template"]
+    return text
+
+
+def jinja2_errors() -> tuple[type[BaseException], ...]:
+    import jinja2
+
+    return (jinja2.TemplateError,)

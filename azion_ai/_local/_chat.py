@@ -1,106 +1,162 @@
 """From the JSON payload to the model's prompt, and from generated text back to OpenAI shapes.
 
-Prompts use the checkpoint's own chat template; what it lacks (Qwen2.5-VL's processor template
-has no tools section) is rendered here in Qwen's hermes style: tools inside ``<tools></tools>``
-in the system turn, calls as ``<tool_call>{json}</tool_call>``, results as ``<tool_response>``
-inside a user turn. Generated calls are parsed back, whole or from a stream of text pieces.
+Prompts are rendered as vLLM (the engine Azion runs) renders them for the same checkpoint: the
+same choice of chat template, the same content shapes handed to it, the same tools JSON, so the
+local backend's prompt is token for token the one Azion's engine sees. Generated hermes tool
+calls are parsed back, whole or from a stream of text pieces, by vLLM's rules.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-QWEN_DEFAULT_SYSTEM = "You are a helpful assistant."
 TOOL_OPEN = "<tool_call>"
 TOOL_CLOSE = "</tool_call>"
 
-
-def _text_of(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(str(item.get("text", "")) for item in content if isinstance(item, Mapping))
+ContentFormat = Literal["string", "openai"]
 
 
-def tools_system_block(tools: Sequence[Mapping[str, Any]]) -> str:
-    lines = "\n".join(json.dumps(dict(tool), ensure_ascii=False) for tool in tools)
-    return (
-        "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-        "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
-        f"{lines}\n</tools>\n\n"
-        "For each function call, return a json object with function name and arguments within "
-        "<tool_call></tool_call> XML tags:\n<tool_call>\n"
-        '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
-    )
+@dataclass(frozen=True)
+class ChatTemplates:
+    """The chat templates a checkpoint ships, and the user's override; picked as vLLM picks.
+
+    vLLM renders a request with the template given to it (``--chat-template``); otherwise with
+    the processor's template (``chat_template.json``) when the request has no tools, and with the
+    tokenizer's (``tokenizer_config.json``) when it has: for Qwen2.5-VL that is Qwen2.5's own
+    template with the hermes ``# Tools`` section, which the processor's lacks.
+    """
+
+    processor: str | None
+    tokenizer: str | None
+    override: str | None = None
+
+    def select(self, tools: bool) -> str:
+        for template in (self.override, None if tools else self.processor, self.tokenizer, self.processor):
+            if template:
+                return template
+        raise ValueError("the checkpoint has no chat template; pass chat_template=")
 
 
-def _render_tool_call(call: Mapping[str, Any]) -> str:
-    function = call.get("function") or {}
-    raw_args = function.get("arguments", "{}")
+@functools.lru_cache(maxsize=32)
+def content_format(template: str) -> ContentFormat:
+    """``"openai"`` when the template loops over a message's content parts (it places images
+    itself), else ``"string"``: contents are flattened to text and image placeholders go to the
+    front of their message, as vLLM does for such templates."""
+    import jinja2
+    from jinja2 import nodes
+
     try:
-        args: Any = json.loads(raw_args) if isinstance(raw_args, str) else raw_args
-    except ValueError:
-        args = raw_args
-    body = json.dumps({"name": function.get("name", ""), "arguments": args}, ensure_ascii=False)
-    return f"{TOOL_OPEN}\n{body}\n{TOOL_CLOSE}"
+        ast = jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).parse(template)
+    except jinja2.TemplateSyntaxError:
+        return "string"
+    for loop in ast.find_all(nodes.For):
+        it = loop.iter
+        if isinstance(it, nodes.Filter) and it.node is not None:
+            it = it.node
+        if (
+            (isinstance(it, nodes.Getitem) and isinstance(it.arg, nodes.Const) and it.arg.value == "content")
+            or (isinstance(it, nodes.Getattr) and it.attr == "content")
+            or (isinstance(it, nodes.Name) and it.name == "content")
+        ):
+            return "openai"
+    return "string"
+
+
+def template_tools(tools: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """Tools as vLLM hands them to the template: ``{"type", "function": {"name", "description",
+    "parameters"[, "strict"]}}``, absent fields as null, unknown keys dropped."""
+    if not tools:
+        return None
+    out = []
+    for tool in tools:
+        function = tool.get("function") or {}
+        spec: dict[str, Any] = {
+            "name": function.get("name"),
+            "description": function.get("description"),
+            "parameters": function.get("parameters"),
+        }
+        if function.get("strict") is not None:
+            spec["strict"] = function["strict"]
+        out.append({"type": "function", "function": spec})
+    return out
+
+
+def _tool_call_for_template(call: Mapping[str, Any]) -> dict[str, Any]:
+    """A history tool call with its ``arguments`` parsed into an object (what templates expect;
+    vLLM does the same, and an unparsable string becomes ``{}``)."""
+    call = dict(call)
+    function = dict(call.get("function") or {})
+    raw = function.get("arguments")
+    if not raw:
+        function["arguments"] = {}
+    elif isinstance(raw, str):
+        try:
+            function["arguments"] = json.loads(raw)
+        except ValueError:
+            function["arguments"] = {}
+    call["function"] = function
+    return call
 
 
 def build_conversation(
-    messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None
+    messages: Sequence[Mapping[str, Any]], fmt: ContentFormat = "openai", image_placeholder: str = ""
 ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
-    """HF-style messages for ``apply_chat_template``, and the image URLs in prompt order.
+    """Messages for the chat template, and the image URLs in prompt order, as vLLM builds them.
 
+    ``fmt`` is :func:`content_format` of the template. ``"openai"``: contents are lists of
+    ``{"type": "text"}`` / ``{"type": "image"}`` parts in their order. ``"string"``: text parts
+    are joined with newlines and each image's ``image_placeholder`` goes in front of the text.
     Each image URL comes with the JSON path of its payload field, for error messages.
     """
     out: list[dict[str, Any]] = []
     images: list[tuple[str, str]] = []
-    pending_tool: list[str] = []
-
-    def flush_tools() -> None:
-        if pending_tool:
-            out.append({"role": "user", "content": [{"type": "text", "text": "\n".join(pending_tool)}]})
-            pending_tool.clear()
-
     for i, message in enumerate(messages):
         role = message.get("role")
         content = message.get("content")
-        if role == "tool":
-            pending_tool.append(f"<tool_response>\n{_text_of(content)}\n</tool_response>")
-            continue
-        flush_tools()
-        if role == "user":
-            items: list[dict[str, Any]] = []
-            if isinstance(content, str):
-                items.append({"type": "text", "text": content})
-            else:
-                for j, item in enumerate(content or ()):
-                    if item.get("type") == "image_url":
-                        images.append((item["image_url"]["url"], f"messages[{i}].content[{j}].image_url.url"))
-                        items.append({"type": "image"})
-                    else:
-                        items.append({"type": "text", "text": str(item.get("text", ""))})
-            out.append({"role": "user", "content": items})
-        elif role == "assistant":
-            text = _text_of(content)
-            calls = [_render_tool_call(c) for c in message.get("tool_calls") or ()]
-            if calls:
-                text = (text + "\n" if text else "") + "\n".join(calls)
-            out.append({"role": "assistant", "content": [{"type": "text", "text": text}]})
+        parts: list[Any] = [{"type": "text", "text": content}] if isinstance(content, str) else list(content or ())
+        rendered: list[dict[str, Any]] = []
+        texts: list[str] = []
+        placeholders: list[str] = []
+        for j, part in enumerate(parts):
+            if isinstance(part, str):
+                part = {"type": "text", "text": part}
+            if part.get("type") == "image_url":
+                images.append((part["image_url"]["url"], f"messages[{i}].content[{j}].image_url.url"))
+                rendered.append({"type": "image"})
+                placeholders.append(image_placeholder)
+            elif "text" in part:
+                rendered.append({"type": "text", "text": str(part.get("text", ""))})
+                texts.append(str(part.get("text", "")))
+        entry: dict[str, Any] = {"role": role}
+        if fmt == "openai" and role != "tool":
+            entry["content"] = rendered
         else:
-            out.append({"role": "system", "content": [{"type": "text", "text": _text_of(content)}]})
-    flush_tools()
-    if tools:
-        if out and out[0]["role"] == "system":
-            first = out[0]["content"][0]
-            first["text"] = (first["text"] or QWEN_DEFAULT_SYSTEM) + tools_system_block(tools)
-        else:
-            out.insert(0, {"role": "system", "content": [{"type": "text", "text": QWEN_DEFAULT_SYSTEM + tools_system_block(tools)}]})
+            text = "\n".join(texts)
+            entry["content"] = "\n".join(placeholders + [text]) if text else "\n".join(placeholders)
+        if role == "assistant" and message.get("tool_calls"):
+            entry["tool_calls"] = [_tool_call_for_template(c) for c in message["tool_calls"]]
+        if role == "tool" and "tool_call_id" in message:
+            entry["tool_call_id"] = message["tool_call_id"]
+        if isinstance(message.get("name"), str):
+            entry["name"] = message["name"]
+        out.append(entry)
     return out, images
+
+
+def render_prompt(tokenizer: Any, templates: ChatTemplates, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None, image_placeholder: str) -> tuple[str, list[tuple[str, str]]]:
+    """The prompt text (image placeholders not yet expanded) and the image URLs, as vLLM renders."""
+    template = templates.select(bool(tools))
+    conversation, images = build_conversation(messages, content_format(template), image_placeholder)
+    text = tokenizer.apply_chat_template(
+        conversation, tools=template_tools(tools), chat_template=template, add_generation_prompt=True, tokenize=False
+    )
+    return str(text), images
 
 
 # -- incremental detokenization -------------------------------------------------------------
@@ -112,8 +168,9 @@ class IncrementalDecoder:
     Decodes a short sliding window rather than the whole output each step, so it stays linear.
     """
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, skip_special_tokens: bool = True) -> None:
         self._tokenizer = tokenizer
+        self._skip = skip_special_tokens
         # The Rust tokenizer's own decode is ~3x faster than transformers' wrapper and gives the
         # same text when the wrapper would not clean up spaces (true for these models).
         backend = getattr(tokenizer, "_tokenizer", None)
@@ -128,19 +185,22 @@ class IncrementalDecoder:
     def add(self, token_id: int) -> str:
         self.ids.append(token_id)
         decode = self._decode
-        prefix_text = decode(self.ids[self._prefix : self._read], skip_special_tokens=True)
-        new_text = decode(self.ids[self._prefix :], skip_special_tokens=True)
+        prefix_text = decode(self.ids[self._prefix : self._read], skip_special_tokens=self._skip)
+        new_text = decode(self.ids[self._prefix :], skip_special_tokens=self._skip)
         if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
             self._prefix, self._read = self._read, len(self.ids)
             return new_text[len(prefix_text) :]
         return ""
 
     def flush(self) -> str:
-        """At the end: whatever is still held back (an incomplete character decodes as U+FFFD)."""
+        """At the end: what is still held back, unless it ends in an incomplete character. As
+        in vLLM, output cut inside a multi-byte character leaves that part out (no U+FFFD)."""
         decode = self._decode
-        prefix_text = decode(self.ids[self._prefix : self._read], skip_special_tokens=True)
-        new_text = decode(self.ids[self._prefix :], skip_special_tokens=True)
+        prefix_text = decode(self.ids[self._prefix : self._read], skip_special_tokens=self._skip)
+        new_text = decode(self.ids[self._prefix :], skip_special_tokens=self._skip)
         self._prefix = self._read = len(self.ids)
+        if new_text.endswith("\ufffd"):
+            return ""
         return new_text[len(prefix_text) :]
 
 
@@ -151,77 +211,75 @@ def new_tool_call_id() -> str:
     return f"chatcmpl-tool-{uuid.uuid4().hex}"
 
 
-def _parse_call(body: str) -> dict[str, Any] | None:
-    try:
-        obj = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
-        return None
-    args = obj.get("arguments", obj.get("parameters", {}))
-    arguments = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
-    return {"id": new_tool_call_id(), "type": "function", "function": {"name": obj["name"], "arguments": arguments}}
-
-
 @dataclass
 class ParsedPiece:
     content: str = ""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
-class ToolCallParser:
-    """Splits generated text into content and hermes tool calls, piece by piece.
+_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>|<tool_call>(.*)", re.DOTALL)
 
-    Text that might be the start of ``<tool_call>`` is held back until it is known not to be, so
-    no tag leaks into content. A call whose JSON does not parse is given back as plain content.
+
+def parse_tool_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """A whole output as content and hermes tool calls, by the rules of vLLM's hermes parser.
+
+    Each ``<tool_call>`` body (closed, or open at the end) must be a JSON object with a string
+    ``name`` and an ``arguments`` member (``parameters`` does not count); ``arguments`` is sent
+    on as a JSON string. If any call fails, there are no calls and the whole output is content.
+    With calls, the content is the text before the first ``<tool_call>`` (None if empty); text
+    after the calls is dropped.
+    """
+    if TOOL_OPEN not in text:
+        return text, []
+    calls: list[dict[str, Any]] = []
+    try:
+        for closed, unclosed in _CALL_RE.findall(text):
+            obj = json.loads(closed if closed else unclosed)
+            name, arguments = obj["name"], obj["arguments"]
+            if not isinstance(name, str):
+                raise TypeError("name is not a string")
+            body = {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}
+            calls.append({"id": new_tool_call_id(), "type": "function", "function": body})
+    except (ValueError, KeyError, TypeError, IndexError):
+        return text, []
+    content = text[: text.find(TOOL_OPEN)]
+    return content or None, calls
+
+
+class ToolCallParser:
+    """Content and hermes tool calls from a stream of text pieces.
+
+    Text before the first ``<tool_call>`` goes out as it comes (a suffix that might start the
+    tag is held back, so no tag leaks into content); from the tag on, text is held to the end,
+    where :func:`parse_tool_calls` decides: tool calls, or (any call malformed) plain content.
+    So a stream ends with the same message as the whole response.
     """
 
     def __init__(self) -> None:
-        self._buf = ""
-        self._in_call = False
-        self.calls = 0
+        self._text = ""
+        self._sent = 0
+        self._in_calls = False
 
-    def feed(self, text: str) -> ParsedPiece:
-        self._buf += text
-        out = ParsedPiece()
-        while True:
-            if not self._in_call:
-                at = self._buf.find(TOOL_OPEN)
-                if at < 0:
-                    keep = _partial_suffix(self._buf, TOOL_OPEN)
-                    out.content += self._buf[: len(self._buf) - keep]
-                    self._buf = self._buf[len(self._buf) - keep :]
-                    return out
-                out.content += self._buf[:at]
-                self._buf = self._buf[at + len(TOOL_OPEN) :]
-                self._in_call = True
-            end = self._buf.find(TOOL_CLOSE)
-            if end < 0:
-                return out
-            body, self._buf = self._buf[:end], self._buf[end + len(TOOL_CLOSE) :]
-            self._in_call = False
-            call = _parse_call(body.strip())
-            if call is None:
-                out.content += TOOL_OPEN + body + TOOL_CLOSE
-            else:
-                self.calls += 1
-                out.tool_calls.append(call)
+    def feed(self, piece: str) -> str:
+        """Content that can be sent now."""
+        self._text += piece
+        if self._in_calls:
+            return ""
+        at = self._text.find(TOOL_OPEN, max(0, self._sent - len(TOOL_OPEN)))
+        if at >= 0:
+            self._in_calls = True
+            end = at
+        else:
+            end = len(self._text) - _partial_suffix(self._text, TOOL_OPEN)
+        out, self._sent = self._text[self._sent : end], max(self._sent, end)
+        return out
 
     def finish(self) -> ParsedPiece:
-        """End of generation: a call left open is parsed if its JSON is whole, else kept as text."""
-        out = ParsedPiece()
-        rest, self._buf = self._buf, ""
-        if self._in_call:
-            self._in_call = False
-            call = _parse_call(rest.strip())
-            if call is not None:
-                self.calls += 1
-                out.tool_calls.append(call)
-            else:
-                out.content = TOOL_OPEN + rest
-        else:
-            out.content = rest
-        return out
+        """End of generation: the rest of the content, or the tool calls."""
+        _, calls = parse_tool_calls(self._text)
+        rest = "" if calls else self._text[self._sent :]
+        self._sent = len(self._text)
+        return ParsedPiece(content=rest, tool_calls=calls)
 
 
 def _partial_suffix(text: str, tag: str) -> int:

@@ -35,25 +35,65 @@ from ._loading import LoadedModel
 log = logging.getLogger("azion_ai")
 
 
-@dataclass
+GREEDY_EPS = 1e-5  # vLLM: a temperature below this is greedy decoding
+MIN_TEMPERATURE = 1e-2  # vLLM raises smaller positive temperatures to this (numerical safety)
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
+_NEUTRAL: dict[str, float] = {
+    "temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
+    "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+}
+
+
+@dataclass(frozen=True)
 class SamplingParams:
+    """Sampling settings resolved as vLLM resolves them: the payload's value, else the
+    checkpoint's generation_config.json value (each field on its own, ``do_sample`` ignored),
+    else the neutral default. ``top_k`` 0 means off."""
+
     max_tokens: int | None
-    temperature: float | None
-    top_p: float | None
-    n: int
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    repetition_penalty: float
     presence_penalty: float
     frequency_penalty: float
+    n: int
+    include_usage: bool = False
 
     @classmethod
-    def from_payload(cls, payload: Mapping[str, Any]) -> SamplingParams:
+    def resolve(cls, payload: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> SamplingParams:
+        defaults = defaults or {}
+        values: dict[str, float] = {}
+        for name in SAMPLING_FIELDS:
+            value = payload.get(name)
+            if value is None:
+                value = defaults.get(name)
+            values[name] = _NEUTRAL[name] if value is None else value
+        temperature = float(values["temperature"])
+        if 0 < temperature < MIN_TEMPERATURE:
+            temperature = MIN_TEMPERATURE
+        top_k = int(values["top_k"])
+        max_tokens = payload.get("max_tokens")
+        if max_tokens is None:
+            max_tokens = defaults.get("max_new_tokens")
+        options = payload.get("stream_options")
         return cls(
-            max_tokens=payload.get("max_tokens"),
-            temperature=payload.get("temperature"),
-            top_p=payload.get("top_p"),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=float(values["top_p"]),
+            top_k=0 if top_k < 0 else top_k,
+            min_p=float(values["min_p"]),
+            repetition_penalty=float(values["repetition_penalty"]),
+            presence_penalty=float(values["presence_penalty"]),
+            frequency_penalty=float(values["frequency_penalty"]),
             n=int(payload.get("n", 1) or 1),
-            presence_penalty=float(payload.get("presence_penalty", 0) or 0),
-            frequency_penalty=float(payload.get("frequency_penalty", 0) or 0),
+            include_usage=bool(payload.get("stream") and isinstance(options, Mapping) and options.get("include_usage")),
         )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_EPS
 
 
 Emit = Callable[[tuple[str, Any]], None]
@@ -64,12 +104,13 @@ class Job:
     """One request for a worker. Events out: ("started", n) ("chunk", dict) ("done", dict) ("error", exc)."""
 
     model: ModelInfo
-    conversation: list[dict[str, Any]]
+    prompt: str
     images: list[Any]
     params: SamplingParams
     tools: bool
     stream: bool
     emit: Emit
+    max_model_len: int
     image_limits: dict[str, Any] = field(default_factory=dict)
     adapter: tuple[str, Any] | None = None  # (name, directory) of a LoRA adapter
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -81,26 +122,27 @@ class Job:
 class _Choice:
     def __init__(self, index: int, tokenizer: Any, tools: bool) -> None:
         self.index = index
-        self.decoder = IncrementalDecoder(tokenizer)
+        # With tools, vLLM keeps special tokens in the text (hermes tags are special in some
+        # checkpoints): the same here, so the parser sees the same text.
+        self.decoder = IncrementalDecoder(tokenizer, skip_special_tokens=not tools)
         self.parser = ToolCallParser() if tools else None
         self.content: list[str] = []
         self.tool_calls: list[dict[str, Any]] = []
         self.tokens = 0
         self.finish_reason: str | None = None
+        self.last_delta: dict[str, Any] | None = None
 
     def text(self, piece: str, final: bool = False) -> dict[str, Any] | None:
         """The delta for a piece of generated text (content and/or tool calls), or None."""
+        calls: list[dict[str, Any]] = []
         if self.parser is None:
-            content, calls = piece, []
+            content = piece
         else:
-            parsed = self.parser.feed(piece)
+            content = self.parser.feed(piece)
             if final:
                 rest = self.parser.finish()
-                parsed.content += rest.content
-                parsed.tool_calls += rest.tool_calls
-            content, calls = parsed.content, parsed.tool_calls
-            if (self.tool_calls or calls) and not content.strip():
-                content = ""
+                content += rest.content
+                calls = rest.tool_calls
         delta: dict[str, Any] = {}
         if content:
             self.content.append(content)
@@ -115,13 +157,16 @@ class _Choice:
 class ResponseBuilder:
     """Token ids in; chunk dicts (for streams) and the final completion dict out."""
 
-    def __init__(self, loaded: LoadedModel, model_id: str, n: int, tools: bool, max_tokens: int, prompt_tokens: int) -> None:
+    def __init__(
+        self, loaded: LoadedModel, model_id: str, n: int, tools: bool, max_tokens: int, prompt_tokens: int, include_usage: bool = False
+    ) -> None:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model_id = model_id
         self.eos = set(loaded.eos_token_ids)
         self.max_tokens = max_tokens
         self.prompt_tokens = prompt_tokens
+        self.include_usage = include_usage
         self.choices = [_Choice(i, loaded.tokenizer, tools) for i in range(n)]
 
     def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -142,9 +187,7 @@ class ResponseBuilder:
         )
 
     def step(self, row_ids: Sequence[int]) -> dict[str, Any] | None:
-        """One token per choice; a single token goes to every choice (greedy choices are alike)."""
-        if len(row_ids) == 1 and len(self.choices) > 1:
-            row_ids = list(row_ids) * len(self.choices)
+        """One token per choice."""
         out = []
         for choice, tid in zip(self.choices, row_ids, strict=True):
             if choice.finish_reason is not None:
@@ -156,6 +199,8 @@ class ResponseBuilder:
             delta = choice.text(choice.decoder.add(int(tid)))
             if choice.tokens >= self.max_tokens:
                 choice.finish_reason = "length"
+                choice.last_delta = delta  # sent with the finish chunk, as vLLM sends the last token
+                continue
             if delta:
                 out.append({"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": None})
         return self._chunk(out) if out else None
@@ -174,18 +219,24 @@ class ResponseBuilder:
         }
 
     def finish(self) -> list[dict[str, Any]]:
+        """The last chunks: held-back text, the finish chunk, and (``stream_options.include_usage``)
+        the usage chunk with no choices, as vLLM sends them."""
         chunks: list[dict[str, Any]] = []
         last = []
         for choice in self.choices:
-            delta = choice.text(choice.decoder.flush(), final=True)
+            delta = dict(choice.last_delta or {})
+            for key, value in (choice.text(choice.decoder.flush(), final=True) or {}).items():
+                delta[key] = delta.get(key, type(value)()) + value  # content: str; tool_calls: list
             if choice.finish_reason is None:
                 choice.finish_reason = "length" if choice.tokens >= self.max_tokens else "stop"
-            if choice.tool_calls and choice.finish_reason == "stop":
+            if choice.tool_calls:  # as vLLM: also when the output was cut at max_tokens
                 choice.finish_reason = "tool_calls"
-            if delta:
-                chunks.append(self._chunk([{"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": None}]))
-            last.append({"index": choice.index, "delta": {}, "logprobs": None, "finish_reason": choice.finish_reason, "stop_reason": None})
-        chunks.append(self._chunk(last, usage=self.usage()))
+            last.append({"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": choice.finish_reason, "stop_reason": None})
+        chunks.append(self._chunk(last))
+        if self.include_usage:
+            usage = self.usage()
+            usage.pop("prompt_tokens_details", None)
+            chunks.append(self._chunk([], usage=usage))
         return chunks
 
     def completion(self) -> dict[str, Any]:
@@ -242,12 +293,10 @@ class _Sink:
     stops when its choice has finished or its job was cancelled.
     """
 
-    def __init__(self, jobs: list[Job], builders: list[ResponseBuilder], n: int, fan_out: bool = False) -> None:
+    def __init__(self, jobs: list[Job], builders: list[ResponseBuilder], n: int) -> None:
         self.jobs = jobs
         self.builders = builders
         self.n = n
-        # Greedy decoding gives every choice the same tokens: one row per job, fanned out to n.
-        self.fan_out = fan_out
         self._prompt_seen = False
 
     def put(self, value: Any) -> None:
@@ -257,7 +306,7 @@ class _Sink:
         rows = value.reshape(-1).tolist()
         n = self.n
         for j, (job, builder) in enumerate(zip(self.jobs, self.builders, strict=True)):
-            chunk = builder.step(rows[j : j + 1] if self.fan_out else rows[j * n : (j + 1) * n])
+            chunk = builder.step(rows[j * n : (j + 1) * n])
             if chunk is not None and job.stream:
                 job.emit(("chunk", chunk))
 
@@ -268,10 +317,7 @@ class _Sink:
         import torch
 
         pairs = zip(self.jobs, self.builders, strict=True)
-        if self.fan_out:
-            stop = [job.cancelled.is_set() or builder.all_finished for job, builder in pairs]
-        else:
-            stop = [job.cancelled.is_set() or choice.finish_reason is not None for job, builder in pairs for choice in builder.choices]
+        stop = [job.cancelled.is_set() or choice.finish_reason is not None for job, builder in pairs for choice in builder.choices]
         return torch.tensor(stop, dtype=torch.bool, device=input_ids.device)
 
 
@@ -387,66 +433,61 @@ class ModelWorker:
 
     def _prepare(self, jobs: list[Job]) -> Any:
         processor = self.loaded.processor
-        texts = [processor.apply_chat_template(j.conversation, add_generation_prompt=True, tokenize=False) for j in jobs]
-        kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt"}
+        kwargs: dict[str, Any] = {"text": [j.prompt for j in jobs], "return_tensors": "pt"}
         if len(jobs) > 1:  # batches hold no images (see _batch_key)
             kwargs.update(padding=True, padding_side="left")
             return processor(**kwargs)
         job = jobs[0]
         if job.images:
             kwargs["images"] = job.images
+            # The checkpoint's own preprocessor bounds apply (as in vLLM) unless the backend
+            # was given tighter ones.
             limits = job.image_limits
-            if self.loaded.family == "qwen2_5_vl":
+            if self.loaded.family == "qwen2_5_vl" and (limits.get("max_pixels") or limits.get("min_pixels")):
                 size = dict(processor.image_processor.size)
-                size["longest_edge"] = limits["max_pixels"]
+                if limits.get("max_pixels"):
+                    size["longest_edge"] = limits["max_pixels"]
                 if limits.get("min_pixels") is not None:
                     size["shortest_edge"] = limits["min_pixels"]
                 size["shortest_edge"] = min(size["shortest_edge"], size["longest_edge"])
                 kwargs["size"] = size
-            elif self.loaded.family == "internvl":
+            elif self.loaded.family == "internvl" and limits.get("max_tiles"):
                 kwargs["max_patches"] = limits["max_tiles"]
         return processor(**kwargs)
 
     @staticmethod
     def _budget(job: Job, prompt_len: int) -> int:
-        """max_tokens for this job, or a ValidationError if the prompt leaves no room for it."""
-        context = job.model.context_length
-        wanted = job.params.max_tokens
-        if wanted is not None and prompt_len + wanted > context:
+        """Tokens this job may generate: max_tokens, cut to what the context has left (as vLLM:
+        output then stops at the context, finish_reason "length"); a ValidationError if the
+        prompt alone fills the context."""
+        context = job.max_model_len
+        if prompt_len >= context:
             raise ValidationError(
                 job.model.id,
-                [ValidationIssue("max_tokens", f"the prompt is {prompt_len} tokens; with max_tokens {wanted} that exceeds the context length of {context}")],
+                [ValidationIssue("messages", f"This model's maximum context length is {context} tokens; the prompt is {prompt_len} tokens, which leaves no room for output. Shorten the messages or send fewer or smaller images.")],
             )
-        budget = wanted if wanted is not None else context - prompt_len
-        if budget < 1:
-            raise ValidationError(
-                job.model.id, [ValidationIssue("messages", f"the prompt is {prompt_len} tokens, which fills the context length of {context}")]
-            )
-        return budget
+        wanted = job.params.max_tokens
+        room = context - prompt_len
+        return room if wanted is None else min(int(wanted), room)
 
     def _generation_config(self, params: SamplingParams, max_new_tokens: int) -> Any:
         from transformers import GenerationConfig
 
         loaded = self.loaded
-        temperature, top_p = params.temperature, params.top_p
-        top_k = 0
-        if temperature is None and top_p is None:
-            defaults = loaded.generation_defaults
-            temperature, top_p, top_k = defaults.get("temperature"), defaults.get("top_p"), defaults.get("top_k") or 0
-        temperature = 1.0 if temperature is None else float(temperature)
-        sample = temperature > 0
-        # Every sampling field is set explicitly: transformers fills unset ones from the
-        # checkpoint's generation_config (Qwen's has repetition_penalty 1.05, top_k 1).
+        sample = not params.greedy
+        # Every sampling field is set explicitly (already resolved against the checkpoint's
+        # defaults as vLLM does): transformers would otherwise fill unset ones by its own rules.
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=sample,
-            temperature=temperature if sample else 1.0,
-            top_p=(1.0 if top_p is None else float(top_p)) if sample else 1.0,
-            top_k=top_k if sample else 50,
-            num_return_sequences=params.n if sample else 1,  # greedy choices are all alike
+            temperature=params.temperature if sample else 1.0,
+            top_p=params.top_p if sample else 1.0,
+            top_k=params.top_k if sample and params.top_k else None,
+            min_p=params.min_p if sample and params.min_p > 0 else None,
+            num_return_sequences=params.n,
             eos_token_id=loaded.eos_token_ids,
             pad_token_id=loaded.pad_token_id,
-            repetition_penalty=1.0,
+            repetition_penalty=params.repetition_penalty,
         )
         if self.options.get("static_cache") or self.options.get("compile"):
             config.cache_implementation = "static"
@@ -476,7 +517,9 @@ class ModelWorker:
                 job.emit(("error", exc))
                 continue
             live.append(i)
-            builders.append(ResponseBuilder(loaded, job.model.id, job.params.n, job.tools, budget, int(lengths[i])))
+            builders.append(
+                ResponseBuilder(loaded, job.model.id, job.params.n, job.tools, budget, int(lengths[i]), job.params.include_usage)
+            )
         if len(live) < len(jobs):
             if not live:
                 return
@@ -493,6 +536,8 @@ class ModelWorker:
         if params.presence_penalty or params.frequency_penalty:
             width = int(inputs["input_ids"].shape[1])  # rows are left-padded to one width
             penalty = _PenaltyProcessor(width, params.presence_penalty, params.frequency_penalty)
+        # generate() applies repetition_penalty itself (from the config); our own token step
+        # applies it with transformers' processor, over the prompt and the output as vLLM does.
         model_inputs = {k: v.to(loaded.device) for k, v in inputs.items()}
         if "pixel_values" in model_inputs and loaded.model.dtype.is_floating_point:
             model_inputs["pixel_values"] = model_inputs["pixel_values"].to(loaded.model.dtype)
@@ -500,7 +545,7 @@ class ModelWorker:
             if self._steps_itself(jobs, config):
                 self._decode(jobs[0], builders[0], model_inputs, config, penalty)
             else:
-                sink = _Sink(jobs, builders, params.n, fan_out=not config.do_sample)
+                sink = _Sink(jobs, builders, params.n)
                 loaded.model.generate(
                     **model_inputs,
                     generation_config=config,
@@ -518,12 +563,8 @@ class ModelWorker:
             job.emit(("done", builder.completion()))
 
     def _steps_itself(self, jobs: list[Job], config: Any) -> bool:
-        """A lone request runs through :meth:`_decode`; batches and sampled ``n`` > 1 use generate()."""
-        return (
-            len(jobs) == 1
-            and (jobs[0].params.n == 1 or not config.do_sample)
-            and bool(self.options.get("fast_decode", True))
-        )
+        """A lone request runs through :meth:`_decode`; batches and ``n`` > 1 use generate()."""
+        return len(jobs) == 1 and jobs[0].params.n == 1 and bool(self.options.get("fast_decode", True))
 
     def _kv_cache(self, needed: int) -> Any:
         """A fresh dynamic cache; or, with static_cache / compile, the worker's static cache, reset,
@@ -561,12 +602,23 @@ class ModelWorker:
         Sampling uses transformers' own warpers in generate()'s order (temperature, top-k, top-p),
         so both paths draw from the same distribution; greedy output is identical (tested)."""
         import torch
-        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+        from transformers import (
+            MinPLogitsWarper,
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
 
         model = self.loaded.model
         inner: Any = getattr(model, "model", None)
         if getattr(inner, "rope_deltas", None) is not None:
             inner.rope_deltas = None  # Qwen2.5-VL keeps the last request's 3D-rope offsets on the model
+        processors: list[Any] = []
+        if config.repetition_penalty != 1.0:
+            processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
+        if penalty is not None:
+            processors.append(penalty)
         warpers: list[Any] = []
         if config.do_sample:
             if config.temperature != 1.0:
@@ -575,23 +627,25 @@ class ModelWorker:
                 warpers.append(TopKLogitsWarper(config.top_k))
             if config.top_p < 1.0:
                 warpers.append(TopPLogitsWarper(config.top_p))
+            if config.min_p:
+                warpers.append(MinPLogitsWarper(config.min_p))
         ids = inputs["input_ids"]
         cache = self._kv_cache(int(ids.shape[1]) + builder.max_tokens)
         step = self._decode_step()
         out = model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)  # prefill: eager
         while True:
             scores = out.logits[:, -1, :].float()
-            if penalty is not None:
-                scores = penalty(ids, scores)
+            for process in processors:
+                scores = process(ids, scores)
             if config.do_sample:
                 for warp in warpers:
                     scores = warp(ids, scores)
                 token = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1)
             else:
                 token = scores.argmax(dim=-1, keepdim=True)
-            if penalty is not None:
+            if processors:
                 ids = torch.cat([ids, token], dim=1)
-            chunk = builder.step(token.view(-1).tolist())  # one row: n > 1 only when greedy
+            chunk = builder.step(token.view(-1).tolist())
             if chunk is not None and job.stream:
                 job.emit(("chunk", chunk))
             if builder.all_finished or job.cancelled.is_set():
@@ -603,6 +657,5 @@ def _batch_key(job: Job) -> tuple[Any, ...] | None:
     """Jobs with equal keys can run in one generate() call; None: this one runs alone."""
     if job.images:
         return None
-    p = job.params
     adapter = job.adapter[0] if job.adapter else None
-    return (adapter, p.temperature, p.top_p, p.n, p.presence_penalty, p.frequency_penalty)
+    return (adapter, *(getattr(job.params, f) for f in SAMPLING_FIELDS), job.params.n)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .._exceptions import MissingDependencyError, ModelLoadError
+from ._chat import ChatTemplates
 
 log = logging.getLogger("azion_ai")
 
@@ -25,6 +26,8 @@ AWQ_KERNELS = ("auto", "marlin", "machete", "exllama_v2", "gemm", "gemm_triton",
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 _FAMILY_TYPES = {"qwen2_5_vl": ("qwen2_5_vl",), "internvl": ("internvl",)}
+# vLLM's placeholders for an image in a prompt (its models' get_placeholder_str).
+IMAGE_PLACEHOLDERS = {"qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>", "internvl": "<IMG_CONTEXT>"}
 
 
 def import_torch() -> Any:
@@ -53,6 +56,10 @@ class LoadedModel:
     eos_token_ids: list[int]
     pad_token_id: int
     generation_defaults: dict[str, Any] = field(default_factory=dict)
+    """The checkpoint's non-default generation_config.json values (vLLM's "auto" defaults)."""
+    templates: ChatTemplates = field(default_factory=lambda: ChatTemplates(None, None))
+    image_placeholder: str = ""
+    """What stands for one image in a prompt rendered from a template that does not place images."""
     adapters: dict[str, str] = field(default_factory=dict)
     awq_kernel: str | None = None  # the class of the quantized layers, for benchmarks and logs
 
@@ -185,11 +192,12 @@ def load_model(
     if isinstance(im_end, int) and im_end not in eos_ids:
         eos_ids.append(im_end)
     pad = gen.pad_token_id if gen.pad_token_id is not None else processor.tokenizer.pad_token_id
-    defaults = {
-        k: getattr(gen, k)
-        for k in ("temperature", "top_p", "top_k")
-        if getattr(gen, k, None) is not None and getattr(gen, "do_sample", False)
-    }
+    defaults = generation_defaults(directory, config)
+    # Sampling is resolved per request (payload, then these defaults, as vLLM does); generate()
+    # must not fill unset fields from the checkpoint's file behind our back.
+    for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty"):
+        setattr(gen, name, None)
+    gen.do_sample = False
     log.info(
         "loaded %s from %s on %s (%s%s)", model_id, directory, dev, str(dtype).replace("torch.", ""),
         f", AWQ kernel {kernel}" if kernel else "",
@@ -205,5 +213,26 @@ def load_model(
         eos_token_ids=eos_ids,
         pad_token_id=pad if pad is not None else eos_ids[0],
         generation_defaults=defaults,
+        templates=ChatTemplates(
+            processor=getattr(processor, "chat_template", None), tokenizer=getattr(processor.tokenizer, "chat_template", None)
+        ),
+        image_placeholder=IMAGE_PLACEHOLDERS[family],
         awq_kernel=kernel,
     )
+
+
+def generation_defaults(directory: Path, config: Any) -> dict[str, Any]:
+    """The sampling defaults vLLM takes from a checkpoint (``generation_config="auto"``): each of
+    temperature, top_p, top_k, min_p, the penalties and max_new_tokens that generation_config.json
+    sets to a non-default value, each on its own (``do_sample`` is ignored)."""
+    from transformers import GenerationConfig
+
+    try:
+        gen = GenerationConfig.from_pretrained(str(directory))
+    except OSError:
+        gen = GenerationConfig.from_model_config(config)
+    except ValueError as exc:
+        raise ModelLoadError(f"{directory / 'generation_config.json'} is not a valid generation config: {exc}") from None
+    diff = gen.to_diff_dict()
+    keys = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "max_new_tokens")
+    return {k: diff[k] for k in keys if diff.get(k) is not None}

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-BUILD_VERSION = "3"
+BUILD_VERSION = "4"
 
 QWEN_SPECIALS = [
     "<|endoftext|>",
@@ -35,7 +35,8 @@ QWEN_SPECIALS = [
     "<|video_pad|>",
 ]
 QWEN_ADDED = ["<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]
-INTERNVL_ADDED = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>", "<video>"]
+# InternVL's markers are special tokens in the published tokenizer (stripped when decoding).
+INTERNVL_SPECIALS = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>", "<video>"]
 
 QWEN_CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
@@ -71,7 +72,7 @@ Numbers 0 1 2 3 4 5 6 7 8 9 10 100 1000. Olá, você está bem? Ça va très bie
 """
 
 
-def _tokenizer(extra: list[str], named: dict[str, str] | None = None) -> Any:
+def _tokenizer(extra: list[str], named: dict[str, str] | None = None, specials: list[str] | None = None) -> Any:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
 
@@ -94,12 +95,17 @@ def _tokenizer(extra: list[str], named: dict[str, str] | None = None) -> Any:
     )
     tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS}, replace_extra_special_tokens=False)
     tok.add_tokens(extra, special_tokens=False)
+    if specials:
+        tok.add_tokens(specials, special_tokens=True)
     tok.model_max_length = 32768
     return tok
 
 
 def _randomise(model: Any, std: float, seed: int) -> None:
-    """N(0, std) weights: a larger spread than the usual 0.02 so greedy output varies by prompt."""
+    """N(0, std) weights: a larger spread than the usual 0.02 so greedy output varies by prompt.
+
+    Biases, norms and layer scales get random values too (not zeros and ones), so a loader that
+    drops or swaps one of them changes the output and a test notices."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
@@ -108,7 +114,9 @@ def _randomise(model: Any, std: float, seed: int) -> None:
             if p.dim() >= 2:
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
             elif name.endswith("bias"):
-                p.zero_()
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+            else:  # norm weights, layer scales: their init value, each entry jittered by ~20%
+                p.mul_(1 + torch.randn(p.shape, generator=gen) * 0.2)
 
 
 def _shrink_special_rows(model: Any, token_ids: list[int]) -> None:
@@ -158,9 +166,18 @@ def pack_awq(weight: Any, group_size: int) -> tuple[Any, Any, Any, Any]:
 
 FULL_QWEN_TEXT = {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16, "num_key_value_heads": 2, "vocab_size": 151936, "mrope_section": [16, 24, 24]}
 FULL_QWEN_VISION = {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "out_hidden_size": 2048, "fullatt_block_indexes": [7, 15, 23, 31]}
+# The published preprocessor bounds (vLLM applies them; a 1920x1080 image is 2,691 tokens).
+QWEN_MIN_PIXELS = 3136
+QWEN_MAX_PIXELS = 12845056
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 def _tiny_qwen_config(tok: Any, vocab_size: int, full: bool = False) -> dict[str, Any]:
+    """The published config.json's fields; the text model at head_dim 32 (hidden 64, 2 heads,
+    1 KV head): the smallest head size vLLM's CPU attention runs."""
     ids = tok.convert_tokens_to_ids
     config = {
         "architectures": ["Qwen2_5_VLForConditionalGeneration"],
@@ -178,11 +195,11 @@ def _tiny_qwen_config(tok: Any, vocab_size: int, full: bool = False) -> dict[str
         "hidden_size": 64,
         "initializer_range": 0.02,
         "intermediate_size": 128,
-        "max_position_embeddings": 32768,
+        "max_position_embeddings": 128000,
         "max_window_layers": 2,
-        "num_attention_heads": 4,
+        "num_attention_heads": 2,
         "num_hidden_layers": 2,
-        "num_key_value_heads": 2,
+        "num_key_value_heads": 1,
         "rms_norm_eps": 1e-06,
         "rope_theta": 1000000.0,
         "sliding_window": 32768,
@@ -191,7 +208,7 @@ def _tiny_qwen_config(tok: Any, vocab_size: int, full: bool = False) -> dict[str
         "use_cache": True,
         "use_sliding_window": False,
         "vocab_size": vocab_size,
-        "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+        "rope_scaling": {"type": "mrope", "mrope_section": [4, 6, 6]},
         "vision_config": {
             "depth": 2,
             "hidden_act": "silu",
@@ -220,25 +237,83 @@ def _tiny_qwen_config(tok: Any, vocab_size: int, full: bool = False) -> dict[str
 AWQ_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+def qwen_tokenizer_template() -> str:
+    """The chat template Qwen2.5-VL's tokenizer_config.json carries (Qwen2.5's, with the hermes
+    tools section), as published."""
+    return (Path(__file__).with_name("templates") / "qwen25_tokenizer.jinja").read_text(encoding="utf-8")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _write_tokenizer(out: Path, tok: Any, chat_template: str | None, model_max_length: int) -> None:
+    """tokenizer.json plus a tokenizer_config.json in the published (transformers 4) shape."""
+    tok.save_pretrained(str(out))
+    for name in ("chat_template.jinja", "processor_config.json", "special_tokens_map.json"):
+        (out / name).unlink(missing_ok=True)
+    config_file = out / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config.pop("chat_template", None)
+    if chat_template is not None:
+        config["chat_template"] = chat_template
+    config["model_max_length"] = model_max_length
+    _write_json(config_file, config)
+
+
+def _write_qwen_files(out: Path, tensors: dict[str, Any], config: dict[str, Any], tok: Any) -> None:
+    """The published Qwen2.5-VL file set: config, generation_config, weights (transformers-4 key
+    names), tokenizer (its template has the tools section), preprocessor_config.json with the
+    real pixel bounds, and the processor's image-aware chat_template.json (no tools)."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    _write_json(out / "config.json", config)
+    _write_json(
+        out / "generation_config.json",
+        {
+            "bos_token_id": config["bos_token_id"],
+            "eos_token_id": [config["eos_token_id"], config["bos_token_id"]],
+            "pad_token_id": config["pad_token_id"],
+            "do_sample": True,
+            "repetition_penalty": 1.05,
+            "temperature": 0.1,
+            "top_k": 1,
+            "top_p": 0.001,
+        },
+    )
+    _write_tokenizer(out, tok, qwen_tokenizer_template(), 131072)
+    _write_json(
+        out / "preprocessor_config.json",
+        {
+            "min_pixels": QWEN_MIN_PIXELS,
+            "max_pixels": QWEN_MAX_PIXELS,
+            "patch_size": 14,
+            "temporal_patch_size": 2,
+            "merge_size": 2,
+            "image_mean": CLIP_MEAN,
+            "image_std": CLIP_STD,
+            "image_processor_type": "Qwen2VLImageProcessor",
+            "processor_class": "Qwen2_5_VLProcessor",
+        },
+    )
+    _write_json(out / "chat_template.json", {"chat_template": QWEN_CHAT_TEMPLATE})
+
+
 def build_qwen25_vl_awq(
     path: str | os.PathLike[str], *, seed: int = 0, group_size: int | None = None, full_size: bool = False
 ) -> Path:
     """A Qwen2.5-VL-Instruct-AWQ directory: AWQ GEMM 4-bit LM layers, fp16 vision tower.
 
     Tiny by default; ``full_size=True`` gives the real 3B dimensions (for GPU speed work). The
-    tiny one also gets ``reference/``: the same model with every AWQ layer dequantized (fp32),
-    used to check that loading the packed layers gives the same logits.
+    tiny one also gets ``reference/``: its unquantized twin, the same model with every AWQ layer
+    dequantized, in float32 and the same published file set, so that greedy tokens can be
+    compared exactly (with vLLM too) and loading the packed layers checked against it.
     """
     group_size = group_size or (128 if full_size else 32)
     import torch
-    from safetensors.torch import save_file
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
-    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -264,12 +339,12 @@ def build_qwen25_vl_awq(
             tensors[f"{module}.qweight"] = qweight
             tensors[f"{module}.qzeros"] = qzeros
             tensors[f"{module}.scales"] = scales
-            reference[name] = dequant
+            reference[old] = dequant
         else:
             tensors[old] = tensor.half().contiguous()
-            reference[name] = tensor.half().float()
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    raw_config["quantization_config"] = {
+            reference[old] = tensor.half().float().contiguous()
+    awq_config = dict(raw_config)
+    awq_config["quantization_config"] = {
         "bits": 4,
         "group_size": group_size,
         "modules_to_not_convert": ["visual"],
@@ -277,55 +352,19 @@ def build_qwen25_vl_awq(
         "version": "gemm",
         "zero_point": True,
     }
-    (out / "config.json").write_text(json.dumps(raw_config, indent=2))
-    (out / "generation_config.json").write_text(
-        json.dumps(
-            {
-                "bos_token_id": raw_config["bos_token_id"],
-                "eos_token_id": [raw_config["eos_token_id"], raw_config["bos_token_id"]],
-                "pad_token_id": raw_config["pad_token_id"],
-                "do_sample": True,
-                "repetition_penalty": 1.05,
-                "temperature": 0.1,
-                "top_k": 1,
-                "top_p": 0.001,
-            },
-            indent=2,
-        )
-    )
-    image_processor = Qwen2VLImageProcessor(min_pixels=4 * 28 * 28, max_pixels=64 * 28 * 28)
-    video_processor = Qwen2VLVideoProcessor()
-    processor = Qwen2_5_VLProcessor(
-        image_processor=image_processor,
-        tokenizer=tok,
-        video_processor=video_processor,
-        chat_template=QWEN_CHAT_TEMPLATE,
-    )
-    processor.save_pretrained(str(out))
-    if full_size:
-        return out
-
-    ref_dir = out / "reference"
-    ref_dir.mkdir(exist_ok=True)
-    ref_model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**raw_config | {"quantization_config": None}))
-    missing = ref_model.load_state_dict(reference, strict=False)
-    assert not missing.missing_keys or missing.missing_keys == ["lm_head.weight"], missing
-    ref_model.tie_weights()
-    ref_model.save_pretrained(str(ref_dir))
-    processor.save_pretrained(str(ref_dir))
+    _write_qwen_files(out, tensors, awq_config, tok)
+    if not full_size:
+        _write_qwen_files(out / "reference", reference, raw_config | {"torch_dtype": "float32"}, tok)
     return out
 
 
 def build_internvl3(path: str | os.PathLike[str], *, seed: int = 1, full_size: bool = False) -> Path:
-    """An InternVL3 directory in transformers' native (``-hf``) layout (tiny, or the real 1B shape)."""
+    """An InternVL3 directory in transformers' native (``-hf``) layout (tiny, or the real 1B shape).
+
+    As published: the text model's dynamic RoPE (factor 2.0), vision attention biases, an untied
+    lm_head, InternVL's markers as special tokens, and the files of the ``-hf`` repositories."""
     import torch
-    from transformers import (
-        GotOcr2ImageProcessor,
-        InternVLConfig,
-        InternVLForConditionalGeneration,
-        InternVLProcessor,
-        InternVLVideoProcessor,
-    )
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -335,25 +374,27 @@ def build_internvl3(path: str | os.PathLike[str], *, seed: int = 1, full_size: b
         "context_image_token": "<IMG_CONTEXT>",
         "video_token": "<video>",
     }
-    tok = _tokenizer(QWEN_ADDED + INTERNVL_ADDED, named)
+    tok = _tokenizer(QWEN_ADDED, named, specials=INTERNVL_SPECIALS)
     tile = 448 if full_size else 56  # 56-px tiles keep the tiny model's image tokens few
     patch = 14
     image_seq_length = int((tile // patch) ** 2 * 0.25)
     vocab_size = ((len(tok) + 63) // 64) * 64
     vision = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096} if full_size else {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
-    text = {"vocab_size": 151674, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2} if full_size else {"vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+    text = {"vocab_size": 151674, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2} if full_size else {"vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1}
     config = InternVLConfig(
         vision_config={
             **vision,
             "image_size": [tile, tile],
             "patch_size": [patch, patch],
             "use_mean_pooling": True,
+            "attention_bias": True,
         },
         text_config={
             "model_type": "qwen2",
             **text,
             "max_position_embeddings": 32768,
             "rope_theta": 1000000.0,
+            "rope_scaling": {"rope_type": "dynamic", "factor": 2.0},
             "tie_word_embeddings": False,
             "bos_token_id": tok.convert_tokens_to_ids("<|endoftext|>"),
             "eos_token_id": tok.convert_tokens_to_ids("<|im_end|>"),
@@ -366,25 +407,32 @@ def build_internvl3(path: str | os.PathLike[str], *, seed: int = 1, full_size: b
     torch.manual_seed(seed)
     model = InternVLForConditionalGeneration(config).eval()
     _randomise(model, 0.2, seed)
-    _shrink_special_rows(model, [tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS + QWEN_ADDED + INTERNVL_ADDED])
+    _shrink_special_rows(model, [tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS + QWEN_ADDED + INTERNVL_SPECIALS])
     model.generation_config.eos_token_id = [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")]
     model.save_pretrained(str(out))
-    image_processor = GotOcr2ImageProcessor(
-        size={"height": tile, "width": tile},
-        crop_to_patches=True,
-        min_patches=1,
-        max_patches=12,
-        image_mean=[0.485, 0.456, 0.406],
-        image_std=[0.229, 0.224, 0.225],
+    _write_tokenizer(out, tok, None, 32768)
+    _write_json(
+        out / "preprocessor_config.json",
+        {
+            "crop_size": None,
+            "crop_to_patches": True,
+            "do_convert_rgb": True,
+            "do_normalize": True,
+            "do_rescale": True,
+            "do_resize": True,
+            "image_mean": IMAGENET_MEAN,
+            "image_processor_type": "GotOcr2ImageProcessorFast",
+            "image_std": IMAGENET_STD,
+            "max_patches": 12,
+            "min_patches": 1,
+            "processor_class": "InternVLProcessor",
+            "resample": 3,
+            "rescale_factor": 0.00392156862745098,
+            "size": {"height": tile, "width": tile},
+        },
     )
-    processor = InternVLProcessor(
-        image_processor=image_processor,
-        tokenizer=tok,
-        video_processor=InternVLVideoProcessor(),
-        image_seq_length=image_seq_length,
-        chat_template=INTERNVL_CHAT_TEMPLATE,
-    )
-    processor.save_pretrained(str(out))
+    _write_json(out / "processor_config.json", {"image_seq_length": image_seq_length, "processor_class": "InternVLProcessor"})
+    _write_json(out / "chat_template.json", {"chat_template": INTERNVL_CHAT_TEMPLATE})
     return out
 
 
