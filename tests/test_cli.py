@@ -87,3 +87,8 @@ def test_serve_passes_the_speed_options_to_the_local_backend(monkeypatch, tmp_pa
     assert started == [{"host": "127.0.0.1", "port": 8000, "log_level": "info"}]
     with pytest.raises(SystemExit):
         main(["serve", "--model", f"{QWEN_ID}={tmp_path}", "--awq-kernel", "warp-drive"])
+    template = tmp_path / "t.jinja"
+    template.write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    assert main(["serve", "--model", f"{QWEN_ID}={tmp_path}", "--chat-template", str(template), "--max-model-len", "2048"]) == 0
+    transport = built[-1].client.transport
+    assert transport.chat_template == template.read_text() and transport.max_model_len == 2048

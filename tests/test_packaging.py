@@ -17,6 +17,7 @@ def test_wheel_ships_schemas_and_works_installed(tmp_path):
     assert "azion_ai/schemas/qwen-qwen25-vl-3b-instruct-awq.json" in names
     assert "azion_ai/schemas/opengvlab-internvl3-1b-instruct.json" in names
     assert "azion_ai/py.typed" in names
+    assert "azion_ai/_local/templates/qwen25_tokenizer.jinja" in names
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True, capture_output=True)
     code = (

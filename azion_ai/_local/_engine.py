@@ -268,22 +268,36 @@ class ResponseBuilder:
         }
 
 
-class _PenaltyProcessor:
-    """OpenAI presence/frequency penalties over the generated tokens (not repetition_penalty)."""
+class _Penalties:
+    """vLLM's penalties, in its order: ``repetition_penalty`` over the prompt and the output
+    (positive logits divided, negative ones multiplied; left padding does not count), then the
+    OpenAI ``frequency_penalty`` and ``presence_penalty`` over the output alone."""
 
-    def __init__(self, prompt_len: int, presence: float, frequency: float) -> None:
-        self.prompt_len = prompt_len
-        self.presence = presence
-        self.frequency = frequency
+    def __init__(self, params: SamplingParams, prompt_mask: Any) -> None:
+        self.repetition = params.repetition_penalty
+        self.presence = params.presence_penalty
+        self.frequency = params.frequency_penalty
+        self.prompt_mask = prompt_mask  # bool [requests, width]: True at real prompt tokens
+
+    @staticmethod
+    def wanted(params: SamplingParams) -> bool:
+        return params.repetition_penalty != 1.0 or bool(params.presence_penalty or params.frequency_penalty)
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
-        generated = input_ids[:, self.prompt_len :]
-        if generated.shape[1] == 0:
-            return scores
-        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
-        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+        width = self.prompt_mask.shape[1]
+        generated = input_ids[:, width:]
+        if self.repetition != 1.0:
+            mask = self.prompt_mask.repeat_interleave(input_ids.shape[0] // self.prompt_mask.shape[0], dim=0)
+            weights = torch.cat([mask, torch.ones_like(generated, dtype=torch.bool)], dim=1).to(scores.dtype)
+            seen = torch.zeros_like(scores).scatter_add_(1, input_ids, weights) > 0
+            penalised = torch.where(scores > 0, scores / self.repetition, scores * self.repetition)
+            scores = torch.where(seen, penalised, scores)
+        if (self.presence or self.frequency) and generated.shape[1]:
+            counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+            scores = scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+        return scores
 
 
 class _Sink:
@@ -487,7 +501,7 @@ class ModelWorker:
             num_return_sequences=params.n,
             eos_token_id=loaded.eos_token_ids,
             pad_token_id=loaded.pad_token_id,
-            repetition_penalty=params.repetition_penalty,
+            repetition_penalty=1.0,  # applied by _Penalties, as vLLM does (padding excluded)
         )
         if self.options.get("static_cache") or self.options.get("compile"):
             config.cache_implementation = "static"
@@ -532,12 +546,8 @@ class ModelWorker:
 
         params = jobs[0].params  # a batch shares its sampling settings
         config = self._generation_config(params, max(b.max_tokens for b in builders))
-        penalty = None
-        if params.presence_penalty or params.frequency_penalty:
-            width = int(inputs["input_ids"].shape[1])  # rows are left-padded to one width
-            penalty = _PenaltyProcessor(width, params.presence_penalty, params.frequency_penalty)
-        # generate() applies repetition_penalty itself (from the config); our own token step
-        # applies it with transformers' processor, over the prompt and the output as vLLM does.
+        # rows are left-padded to one width: the attention mask tells the prompt from padding
+        penalty = _Penalties(params, inputs["attention_mask"].bool()) if _Penalties.wanted(params) else None
         model_inputs = {k: v.to(loaded.device) for k, v in inputs.items()}
         if "pixel_values" in model_inputs and loaded.model.dtype.is_floating_point:
             model_inputs["pixel_values"] = model_inputs["pixel_values"].to(loaded.model.dtype)
@@ -602,23 +612,13 @@ class ModelWorker:
         Sampling uses transformers' own warpers in generate()'s order (temperature, top-k, top-p),
         so both paths draw from the same distribution; greedy output is identical (tested)."""
         import torch
-        from transformers import (
-            MinPLogitsWarper,
-            RepetitionPenaltyLogitsProcessor,
-            TemperatureLogitsWarper,
-            TopKLogitsWarper,
-            TopPLogitsWarper,
-        )
+        from transformers import MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
         model = self.loaded.model
         inner: Any = getattr(model, "model", None)
         if getattr(inner, "rope_deltas", None) is not None:
             inner.rope_deltas = None  # Qwen2.5-VL keeps the last request's 3D-rope offsets on the model
-        processors: list[Any] = []
-        if config.repetition_penalty != 1.0:
-            processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
-        if penalty is not None:
-            processors.append(penalty)
+        processors: list[Any] = [penalty] if penalty is not None else []
         warpers: list[Any] = []
         if config.do_sample:
             if config.temperature != 1.0:
