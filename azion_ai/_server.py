@@ -99,12 +99,25 @@ class ChatServer:
             yield
             await self.client.aclose()
 
+        from starlette.exceptions import HTTPException
+
+        async def http_error(request: Any, exc: Any) -> Any:
+            """Unknown routes and methods answer in OpenAI's error shape too, not plain text."""
+            status = getattr(exc, "status_code", 500)
+            if status == 404:
+                return _error(404, f"no route {request.method} {request.url.path}", type_="not_found_error")
+            if status == 405:
+                return _error(405, f"{request.method} is not allowed on {request.url.path}", type_="invalid_request_error")
+            return _error(status, str(getattr(exc, "detail", "error")), type_="invalid_request_error")
+
         return Starlette(
             routes=[
                 Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
                 Route("/v1/models", self.list_models, methods=["GET"]),
+                Route("/v1/models/{model_id:path}", self.get_model, methods=["GET"]),
                 Route("/health", self.health, methods=["GET"]),
             ],
+            exception_handlers={HTTPException: http_error},
             lifespan=lifespan,
         )
 
@@ -136,20 +149,30 @@ class ChatServer:
         denied = self._unauthorized(request)
         if denied is not None:
             return denied
-        data = []
-        for model_id in self.models:
-            info = get_model(model_id)
-            data.append(
-                {
-                    "id": model_id,
-                    "object": "model",
-                    "created": self.created,
-                    "owned_by": "azion",
-                    "root": info.hf_repo or model_id,
-                    "max_model_len": info.context_length,
-                }
-            )
-        return JSONResponse({"object": "list", "data": data})
+        return JSONResponse({"object": "list", "data": [self._model_card(m) for m in self.models]})
+
+    def _model_card(self, model_id: str) -> dict[str, Any]:
+        info = get_model(model_id)
+        backend = self.client.transport
+        return {
+            "id": model_id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "azion",
+            "root": info.hf_repo or model_id,
+            "max_model_len": getattr(backend, "max_model_len", None) or info.context_length,
+        }
+
+    async def get_model(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse
+
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        model_id = request.path_params["model_id"]
+        if model_id not in self.models:
+            return _error(404, f"model {model_id!r} is not served here", type_="not_found_error", param="model", code="model_not_found")
+        return JSONResponse(self._model_card(model_id))
 
     async def _read_body(self, request: Any) -> bytes | Any:
         declared = request.headers.get("content-length")
@@ -189,12 +212,34 @@ class ChatServer:
         if state.error is not None:
             return _error(503, f"model {model_id!r} failed to load: {state.error}", type_="service_unavailable", code="model_load_failed")
         try:
-            result = await self.client.run(model_id, payload)
+            result = await self._run_until_disconnect(request, model_id, payload)
         except BaseException as exc:
             return self._exception_response(exc)
+        if result is None:  # the client left before the answer: nobody to send it to
+            return _error(499, "client disconnected", type_="invalid_request_error")
         if not payload.get("stream"):
             return JSONResponse(result.model_dump(mode="json"))  # type: ignore[union-attr]
         return StreamingResponse(self._sse(result), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    async def _run_until_disconnect(self, request: Any, model_id: str, payload: dict[str, Any]) -> Any:
+        """``client.run``, cancelled if the client disconnects before a whole (non-stream) answer
+        is ready: the generation is aborted and the model's worker freed, as for a stream."""
+        import asyncio
+
+        task = asyncio.ensure_future(self.client.run(model_id, payload))
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=0.1)
+                if done:
+                    return task.result()
+                if await request.is_disconnected():
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                    log.info("client disconnected: request for %s aborted", model_id)
+                    return None
+        finally:
+            if not task.done():
+                task.cancel()
 
     async def _sse(self, stream: Any) -> AsyncIterator[bytes]:
         try:

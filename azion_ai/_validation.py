@@ -277,6 +277,11 @@ def _leaf_issue(error: SchemaError) -> ValidationIssue:
             "exclusiveMaximum": "must be <",
         }[kind]
         return ValidationIssue(format_path(path), f"{_short(instance)} {words} {value}")
+    if kind in ("maxItems", "minItems") and isinstance(instance, (list, tuple)):
+        words = "at most" if kind == "maxItems" else "at least"
+        return ValidationIssue(format_path(path), f"has {len(instance)} items; {words} {value} allowed")
+    if kind == "minLength" and isinstance(instance, str):
+        return ValidationIssue(format_path(path), f"must have at least {value} character(s)")
     if kind == "not" and isinstance(value, Mapping) and "required" in value:
         props = ", ".join(value["required"])
         return ValidationIssue(format_path(path), f"must not have {props} here")
@@ -420,6 +425,76 @@ def _not_plain_json(payload: Any, limit: int = MAX_DEPTH) -> ValidationIssue | N
     return None
 
 
+# -- the OpenAI parameters Azion's schemas leave open -----------------------------------------
+
+_openai_validator: list[Draft7Validator] = []
+
+
+def _openai_parameters() -> Draft7Validator:
+    """The OpenAI-parameters layer (``schemas/openai-parameters.json``): the same for every model."""
+    if not _openai_validator:
+        from ._models import load_bundled_schema
+
+        schema = load_bundled_schema("openai-parameters")
+        Draft7Validator.check_schema(schema)
+        _openai_validator.append(_PayloadValidator(schema))
+    return _openai_validator[0]
+
+
+OPENAI_PARAMETERS = frozenset(
+    {"max_completion_tokens", "stop", "seed", "response_format", "tool_choice", "logprobs", "top_logprobs",
+     "stream_options", "top_k", "min_p", "repetition_penalty"}
+)
+
+
+def _openai_issues(payload: Mapping[str, Any], model: ModelInfo) -> list[ValidationIssue]:
+    """Types and ranges of the OpenAI parameters, then the rules between fields (as vLLM and
+    OpenAI apply them), each with its JSON path."""
+    if OPENAI_PARAMETERS.isdisjoint(payload):
+        return []
+    issues: list[ValidationIssue] = []
+    for error in sorted(_openai_parameters().iter_errors(payload), key=lambda e: list(map(str, e.absolute_path))):
+        issues.extend(_issues(error))
+    if issues:
+        return issues
+    limit = payload.get("max_completion_tokens")
+    if isinstance(limit, int) and limit > model.context_length:
+        issues.append(ValidationIssue("max_completion_tokens", f"{limit} exceeds the context length of {model.id!r} ({model.context_length} tokens)"))
+    if payload.get("top_logprobs") is not None and not payload.get("logprobs"):
+        issues.append(ValidationIssue("top_logprobs", "needs \"logprobs\": true"))
+    if payload.get("stream_options") is not None and not payload.get("stream"):
+        issues.append(ValidationIssue("stream_options", "is only allowed with \"stream\": true"))
+    response_format = payload.get("response_format")
+    if isinstance(response_format, Mapping) and response_format.get("type") == "json_schema" and "json_schema" not in response_format:
+        issues.append(ValidationIssue("response_format.json_schema", "is required when type is \"json_schema\""))
+    choice = payload.get("tool_choice")
+    tools = payload.get("tools") or []
+    names = [t["function"].get("name") for t in tools if isinstance(t, Mapping) and isinstance(t.get("function"), Mapping)]
+    if choice == "required" and not tools:
+        issues.append(ValidationIssue("tool_choice", "\"required\" needs at least one tool in \"tools\""))
+    elif isinstance(choice, Mapping):
+        name = choice["function"]["name"]
+        if name not in names:
+            known = ", ".join(map(str, names)) or "none"
+            issues.append(ValidationIssue("tool_choice.function.name", f"{_short(name)} matches no tool in \"tools\" ({known})"))
+    return issues
+
+
+def _without_empty_tool_calls(payload: dict[str, Any]) -> dict[str, Any]:
+    """An assistant message's ``"tool_calls": []`` counts as absent (models answer with one, as
+    Azion's InternVL3 example does, and it must be sendable back), for every model and backend."""
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not any(
+        isinstance(m, dict) and m.get("tool_calls") == [] for m in messages
+    ):
+        return payload
+    cleaned = [
+        {k: v for k, v in m.items() if k != "tool_calls"} if isinstance(m, dict) and m.get("tool_calls") == [] else m
+        for m in messages
+    ]
+    return {**payload, "messages": cleaned}
+
+
 def validate_payload(
     model: ModelInfo, payload: Any, *, extra_url_schemes: Iterable[str] = ()
 ) -> None:
@@ -430,6 +505,7 @@ def validate_payload(
                 model.id, [ValidationIssue("", f"payload must be a JSON object (dict), got {_json_type(payload)}")]
             )
         payload = dict(payload)
+    payload = _without_empty_tool_calls(payload)
     issues: list[ValidationIssue] = []
     check = _fast_checks.get(model.id) or _fast_check_for(model)
     if not check(payload):
@@ -440,7 +516,7 @@ def validate_payload(
         for error in sorted(validator.iter_errors(payload), key=lambda e: list(map(str, e.absolute_path))):
             issues.extend(_issues(error))
     schemes = frozenset(s.lower() for s in extra_url_schemes) if extra_url_schemes else _NO_SCHEMES
-    for issue in _semantic_issues(payload, model, schemes):
+    for issue in [*_semantic_issues(payload, model, schemes), *_openai_issues(payload, model)]:
         if issue not in issues:
             issues.append(issue)
     if issues:

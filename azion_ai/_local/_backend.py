@@ -31,6 +31,7 @@ from .._transport import (
     TransportResponse,
 )
 from ._chat import render_prompt
+from ._constraints import GrammarSpec
 from ._images import ImageLoader, ImagePolicy
 from ._loading import AWQ_KERNELS
 
@@ -65,6 +66,7 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         max_batch_size: int = 1,
         awq_kernel: str | None = None,
         fast_decode: bool = True,
+        any_whitespace: bool = True,
         image_loader: ImageLoader | None = None,
     ) -> None:
         if device not in ("auto", "cpu") and not device.startswith("cuda"):
@@ -106,6 +108,10 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
             "compile": compile,
             "max_batch_size": max_batch_size,
             "fast_decode": fast_decode,
+            # JSON from response_format / forced tool_choice may hold any whitespace between
+            # tokens (vLLM's default); False allows none, so a weak model cannot pad its answer
+            # with whitespace until max_tokens (vLLM: structured_outputs disable_any_whitespace).
+            "any_whitespace": any_whitespace,
         }
         self._workers: dict[str, Any] = {}
         self._load_locks: dict[str, threading.Lock] = {}
@@ -195,11 +201,12 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
                 raise LocalBackendError(f"unknown LoRA adapter {lora!r} (configured: {known}); pass AI(..., lora_adapters={{name: dir}})")
             adapter = (lora, self.lora_adapters[lora])
         max_model_len = self.max_model_len or model.context_length
-        max_tokens = payload.get("max_tokens")
-        if isinstance(max_tokens, int) and max_tokens > max_model_len:
-            raise ValidationError(
-                model.id, [ValidationIssue("max_tokens", f"max_tokens={max_tokens} cannot be greater than the context length ({max_model_len} tokens)")]
-            )
+        for name in ("max_completion_tokens", "max_tokens"):
+            limit = payload.get(name)
+            if isinstance(limit, int) and limit > max_model_len:
+                raise ValidationError(
+                    model.id, [ValidationIssue(name, f"{name}={limit} cannot be greater than the context length ({max_model_len} tokens)")]
+                )
         worker = self._worker(model)
         loaded = worker.loaded
         params = SamplingParams.resolve(payload, loaded.generation_defaults)
@@ -208,6 +215,9 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         templates = loaded.templates
         if self.chat_template is not None:
             templates = dataclasses.replace(templates, override=self.chat_template)
+        choice = payload.get("tool_choice")
+        tool_mode = f"named:{choice['function']['name']}" if isinstance(choice, Mapping) else str(choice or "auto")
+        grammar = GrammarSpec.from_payload(payload)
         try:
             prompt, image_refs = render_prompt(loaded.tokenizer, templates, payload["messages"], payload.get("tools"), loaded.image_placeholder)
         except (KeyError, TypeError, AttributeError, IndexError) as exc:  # only with validate=False
@@ -224,6 +234,8 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
             stream=request.stream,
             emit=emit,
             max_model_len=max_model_len,
+            tool_mode=tool_mode,
+            grammar=grammar,
             adapter=adapter,
             image_limits={
                 "max_pixels": self.max_image_pixels,

@@ -11,6 +11,7 @@ only read the events a job emits.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import queue
 import threading
@@ -29,7 +30,8 @@ from .._exceptions import (
     ValidationIssue,
 )
 from .._models import ModelInfo
-from ._chat import IncrementalDecoder, ToolCallParser
+from ._chat import IncrementalDecoder, ToolCallParser, new_tool_call_id
+from ._constraints import GrammarSpec
 from ._loading import LoadedModel
 
 log = logging.getLogger("azion_ai")
@@ -60,6 +62,10 @@ class SamplingParams:
     frequency_penalty: float
     n: int
     include_usage: bool = False
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: int | None = None
+    """None: no logprobs; k >= 0: each token's logprob and its k most likely alternatives."""
 
     @classmethod
     def resolve(cls, payload: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> SamplingParams:
@@ -74,10 +80,13 @@ class SamplingParams:
         if 0 < temperature < MIN_TEMPERATURE:
             temperature = MIN_TEMPERATURE
         top_k = int(values["top_k"])
-        max_tokens = payload.get("max_tokens")
+        # vLLM: max_completion_tokens, the newer OpenAI name, wins over max_tokens
+        max_tokens = payload.get("max_completion_tokens") or payload.get("max_tokens")
         if max_tokens is None:
             max_tokens = defaults.get("max_new_tokens")
         options = payload.get("stream_options")
+        stop = payload.get("stop") or ()
+        stop = (stop,) if isinstance(stop, str) else tuple(stop)
         return cls(
             max_tokens=max_tokens,
             temperature=temperature,
@@ -89,6 +98,9 @@ class SamplingParams:
             frequency_penalty=float(values["frequency_penalty"]),
             n=int(payload.get("n", 1) or 1),
             include_usage=bool(payload.get("stream") and isinstance(options, Mapping) and options.get("include_usage")),
+            stop=stop,
+            seed=payload.get("seed"),
+            logprobs=int(payload.get("top_logprobs") or 0) if payload.get("logprobs") else None,
         )
 
     @property
@@ -112,6 +124,10 @@ class Job:
     emit: Emit
     max_model_len: int
     image_limits: dict[str, Any] = field(default_factory=dict)
+    tool_mode: str = "auto"
+    """How the output becomes tool calls: "auto" (hermes parsing; without tools: none), "none"
+    (plain content), "named:<function>" or "required" (constrained, see _constraints)."""
+    grammar: GrammarSpec | None = None
     adapter: tuple[str, Any] | None = None  # (name, directory) of a LoRA adapter
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -120,29 +136,70 @@ class Job:
 
 
 class _Choice:
-    def __init__(self, index: int, tokenizer: Any, tools: bool) -> None:
+    """One choice's text on its way out: decoding, stop strings, tool calls, logprobs."""
+
+    def __init__(self, index: int, tokenizer: Any, tool_mode: str, stops: tuple[str, ...] = ()) -> None:
         self.index = index
         # With tools, vLLM keeps special tokens in the text (hermes tags are special in some
         # checkpoints): the same here, so the parser sees the same text.
-        self.decoder = IncrementalDecoder(tokenizer, skip_special_tokens=not tools)
-        self.parser = ToolCallParser() if tools else None
+        self.decoder = IncrementalDecoder(tokenizer, skip_special_tokens=tool_mode in ("none", "text"))
+        self.mode = tool_mode
+        self.parser = ToolCallParser() if tool_mode == "auto" else None
+        self.stops = stops
+        self._hold = max((len(s) for s in stops), default=1) - 1  # never leak a partial stop string
+        self._text = ""  # all text so far, cut at a matched stop string
+        self._released = 0
+        self._closed = False
         self.content: list[str] = []
         self.tool_calls: list[dict[str, Any]] = []
+        self.logprobs: list[dict[str, Any]] = []
         self.tokens = 0
         self.finish_reason: str | None = None
+        self.stop_reason: str | None = None
         self.last_delta: dict[str, Any] | None = None
+        self.last_logprobs: list[dict[str, Any]] = []
+
+    def _release(self, piece: str, final: bool) -> str:
+        """Text that can go out now: stop strings checked (vLLM's rule: the first listed one that
+        occurs ends the output before it), a possible start of one held back."""
+        if not self.stops:
+            return piece
+        before = len(self._text)
+        self._text += piece
+        for stop in self.stops:
+            at = self._text.find(stop, max(0, before - len(stop) + 1))
+            if at >= 0:
+                self._text = self._text[:at]
+                self.stop_reason, self.finish_reason = stop, "stop"
+                final = True
+                break
+        end = len(self._text) if final else max(self._released, len(self._text) - self._hold)
+        out, self._released = self._text[self._released : end], end
+        return out
 
     def text(self, piece: str, final: bool = False) -> dict[str, Any] | None:
         """The delta for a piece of generated text (content and/or tool calls), or None."""
+        if self._closed:
+            return None
+        piece = self._release(piece, final)
+        final = final or self.stop_reason is not None
         calls: list[dict[str, Any]] = []
-        if self.parser is None:
-            content = piece
-        else:
-            content = self.parser.feed(piece)
-            if final:
+        if self.mode in ("auto", "none", "text"):
+            content = piece if self.parser is None else self.parser.feed(piece)
+            if final and self.parser is not None:
                 rest = self.parser.finish()
                 content += rest.content
                 calls = rest.tool_calls
+        else:  # constrained to a call: the whole text is read at the end
+            self.content.append(piece)
+            content = ""
+            if final:
+                text, self.content = "".join(self.content), []
+                calls = forced_calls(self.mode, text)
+                if not calls:
+                    content = text
+        if final:
+            self._closed = True
         delta: dict[str, Any] = {}
         if content:
             self.content.append(content)
@@ -154,11 +211,51 @@ class _Choice:
         return delta or None
 
 
+def forced_calls(mode: str, text: str) -> list[dict[str, Any]]:
+    """Tool calls from a constrained output, as vLLM reads them: a named function's arguments,
+    or ``"required"``'s JSON array of ``{"name", "parameters"}``. [] if the text is not whole."""
+    if mode.startswith("named:"):
+        try:
+            json.loads(text)
+        except ValueError:
+            return []
+        return [{"id": new_tool_call_id(), "type": "function", "function": {"name": mode[6:], "arguments": text}}]
+    try:
+        items = json.loads(text)
+        return [
+            {"id": new_tool_call_id(), "type": "function", "function": {"name": item["name"], "arguments": json.dumps(item["parameters"], ensure_ascii=False)}}
+            for item in items
+        ]
+    except (ValueError, TypeError, KeyError):
+        return []
+
+
+def logprob_entry(tokenizer: Any, token: int, logprob: float, top: Sequence[tuple[int, float]]) -> dict[str, Any]:
+    """One token in OpenAI's chat logprobs shape."""
+
+    def item(tid: int, lp: float) -> dict[str, Any]:
+        text = tokenizer.decode([tid])
+        return {"token": text, "logprob": max(lp, -9999.0), "bytes": list(text.encode("utf-8", errors="replace"))}
+
+    return {**item(token, logprob), "top_logprobs": [item(t, lp) for t, lp in top]}
+
+
 class ResponseBuilder:
     """Token ids in; chunk dicts (for streams) and the final completion dict out."""
 
     def __init__(
-        self, loaded: LoadedModel, model_id: str, n: int, tools: bool, max_tokens: int, prompt_tokens: int, include_usage: bool = False
+        self,
+        loaded: LoadedModel,
+        model_id: str,
+        n: int,
+        tools: bool,
+        max_tokens: int,
+        prompt_tokens: int,
+        include_usage: bool = False,
+        *,
+        tool_mode: str | None = None,
+        stops: tuple[str, ...] = (),
+        logprobs: bool = False,
     ) -> None:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
@@ -167,7 +264,10 @@ class ResponseBuilder:
         self.max_tokens = max_tokens
         self.prompt_tokens = prompt_tokens
         self.include_usage = include_usage
-        self.choices = [_Choice(i, loaded.tokenizer, tools) for i in range(n)]
+        self.tokenizer = loaded.tokenizer
+        self.with_logprobs = logprobs
+        mode = tool_mode or ("auto" if tools else "text")
+        self.choices = [_Choice(i, loaded.tokenizer, mode, stops) for i in range(n)]
 
     def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
         chunk: dict[str, Any] = {
@@ -186,23 +286,30 @@ class ResponseBuilder:
             [{"index": c.index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None} for c in self.choices]
         )
 
-    def step(self, row_ids: Sequence[int]) -> dict[str, Any] | None:
-        """One token per choice."""
+    def step(self, row_ids: Sequence[int], logprobs: Sequence[tuple[float, Sequence[tuple[int, float]]]] | None = None) -> dict[str, Any] | None:
+        """One token per choice (and, with logprobs, each one's logprob and top alternatives)."""
         out = []
-        for choice, tid in zip(self.choices, row_ids, strict=True):
+        for row, (choice, tid) in enumerate(zip(self.choices, row_ids, strict=True)):
             if choice.finish_reason is not None:
                 continue
             choice.tokens += 1
+            entry = None
+            if self.with_logprobs and logprobs is not None:
+                entry = logprob_entry(self.tokenizer, int(tid), logprobs[row][0], logprobs[row][1])
+                choice.logprobs.append(entry)
             if tid in self.eos:
                 choice.finish_reason = "stop"
+                choice.last_logprobs = [entry] if entry else []
                 continue
             delta = choice.text(choice.decoder.add(int(tid)))
-            if choice.tokens >= self.max_tokens:
+            if choice.finish_reason is None and choice.tokens >= self.max_tokens:
                 choice.finish_reason = "length"
+            if choice.finish_reason is not None:  # max_tokens or a stop string
                 choice.last_delta = delta  # sent with the finish chunk, as vLLM sends the last token
+                choice.last_logprobs = [entry] if entry else []
                 continue
-            if delta:
-                out.append({"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": None})
+            if delta or entry:
+                out.append({"index": choice.index, "delta": delta or {}, "logprobs": {"content": [entry]} if entry else None, "finish_reason": None})
         return self._chunk(out) if out else None
 
     @property
@@ -229,9 +336,12 @@ class ResponseBuilder:
                 delta[key] = delta.get(key, type(value)()) + value  # content: str; tool_calls: list
             if choice.finish_reason is None:
                 choice.finish_reason = "length" if choice.tokens >= self.max_tokens else "stop"
-            if choice.tool_calls:  # as vLLM: also when the output was cut at max_tokens
+            # as vLLM: "tool_calls" for auto calls (also when cut at max_tokens) and for required
+            # ones that ended normally; a named function keeps "stop"
+            if choice.tool_calls and (choice.mode == "auto" or (choice.mode == "required" and choice.finish_reason == "stop")):
                 choice.finish_reason = "tool_calls"
-            last.append({"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": choice.finish_reason, "stop_reason": None})
+            logprobs = {"content": choice.last_logprobs} if self.with_logprobs else None
+            last.append({"index": choice.index, "delta": delta, "logprobs": logprobs, "finish_reason": choice.finish_reason, "stop_reason": choice.stop_reason})
         chunks.append(self._chunk(last))
         if self.include_usage:
             usage = self.usage()
@@ -242,19 +352,16 @@ class ResponseBuilder:
     def completion(self) -> dict[str, Any]:
         choices = []
         for c in self.choices:
-            content = "".join(c.content)
+            content: str | None = "".join(c.content)
+            if c.tool_calls and not content:
+                content = "" if c.mode == "required" or c.mode.startswith("named:") else None
             choices.append(
                 {
                     "index": c.index,
-                    "message": {
-                        "role": "assistant",
-                        "reasoning_content": None,
-                        "content": content if content or not c.tool_calls else None,
-                        "tool_calls": c.tool_calls,
-                    },
-                    "logprobs": None,
+                    "message": {"role": "assistant", "reasoning_content": None, "content": content, "tool_calls": c.tool_calls},
+                    "logprobs": {"content": c.logprobs} if self.with_logprobs else None,
                     "finish_reason": c.finish_reason,
-                    "stop_reason": None,
+                    "stop_reason": c.stop_reason,
                 }
             )
         return {
@@ -358,6 +465,7 @@ class ModelWorker:
         self._static_cache: Any = None  # reused by lone requests: compiled steps keep its addresses
         self._static_size = 0
         self._compiled_forward: Any = None
+        self._grammars: Any = None  # xgrammar's compiler over this model's vocabulary, made on first use
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._pending: collections.deque[Job | None] = collections.deque()
         self._thread = threading.Thread(target=self._loop, name=f"azion-ai-{loaded.model_id}", daemon=True)
@@ -532,7 +640,11 @@ class ModelWorker:
                 continue
             live.append(i)
             builders.append(
-                ResponseBuilder(loaded, job.model.id, job.params.n, job.tools, budget, int(lengths[i]), job.params.include_usage)
+                ResponseBuilder(
+                    loaded, job.model.id, job.params.n, job.tools, budget, int(lengths[i]), job.params.include_usage,
+                    tool_mode=job.tool_mode if job.tools else "text", stops=job.params.stop,
+                    logprobs=job.params.logprobs is not None,
+                )
             )
         if len(live) < len(jobs):
             if not live:
@@ -573,8 +685,12 @@ class ModelWorker:
             job.emit(("done", builder.completion()))
 
     def _steps_itself(self, jobs: list[Job], config: Any) -> bool:
-        """A lone request runs through :meth:`_decode`; batches and ``n`` > 1 use generate()."""
-        return len(jobs) == 1 and jobs[0].params.n == 1 and bool(self.options.get("fast_decode", True))
+        """A lone request runs through :meth:`_decode`; batches use generate() (and, with
+        fast_decode=False, plain requests too). Requests that need the token step's per-request
+        parts (a seed, logprobs, stop strings, a grammar) always take it."""
+        if len(jobs) > 1:
+            return False
+        return bool(self.options.get("fast_decode", True)) or _needs_token_step(jobs[0])
 
     def _kv_cache(self, needed: int) -> Any:
         """A fresh dynamic cache; or, with static_cache / compile, the worker's static cache, reset,
@@ -612,7 +728,13 @@ class ModelWorker:
         Sampling uses transformers' own warpers in generate()'s order (temperature, top-k, top-p),
         so both paths draw from the same distribution; greedy output is identical (tested)."""
         import torch
-        from transformers import MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+        from transformers import (
+            DynamicCache,
+            MinPLogitsWarper,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
 
         model = self.loaded.model
         inner: Any = getattr(model, "model", None)
@@ -629,33 +751,85 @@ class ModelWorker:
                 warpers.append(TopPLogitsWarper(config.top_p))
             if config.min_p:
                 warpers.append(MinPLogitsWarper(config.min_p))
+        params = job.params
+        rows = params.n
         ids = inputs["input_ids"]
-        cache = self._kv_cache(int(ids.shape[1]) + builder.max_tokens)
-        step = self._decode_step()
+        # n choices: one prefill, then the KV cache is repeated into n rows decoded side by side
+        cache = self._kv_cache(int(ids.shape[1]) + builder.max_tokens) if rows == 1 else DynamicCache(config=model.config)
+        step = self._decode_step() if rows == 1 else model
+        # a seed gives this request its own generator: the same draws whatever else runs
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=self.loaded.device).manual_seed(params.seed % (1 << 63))
+        constraint = self._constraint(job, rows)
         out = model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)  # prefill: eager
+        logits = out.logits[:, -1, :]
+        if rows > 1:
+            cache.batch_repeat_interleave(rows)
+            ids = ids.repeat(rows, 1)
+            logits = logits.repeat(rows, 1)
         while True:
-            scores = out.logits[:, -1, :].float()
+            raw = logits.float()
+            scores = raw
             for process in processors:
                 scores = process(ids, scores)
+            if constraint is not None:
+                scores = constraint.mask(scores.clone())
             if config.do_sample:
                 for warp in warpers:
                     scores = warp(ids, scores)
-                token = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1)
+                token = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1, generator=generator)
             else:
                 token = scores.argmax(dim=-1, keepdim=True)
+            tokens = token.view(-1).tolist()
+            if constraint is not None:
+                constraint.accept(tokens)
             if processors:
                 ids = torch.cat([ids, token], dim=1)
-            chunk = builder.step(token.view(-1).tolist())
+            logprobs = _logprobs(raw, tokens, params.logprobs) if params.logprobs is not None else None
+            chunk = builder.step(tokens, logprobs)
             if chunk is not None and job.stream:
                 job.emit(("chunk", chunk))
             if builder.all_finished or job.cancelled.is_set():
                 return
             out = step(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            logits = out.logits[:, -1, :]
+
+    def _constraint(self, job: Job, rows: int) -> Any:
+        """The request's grammar (response_format, forced tool_choice) as a per-step mask."""
+        if job.grammar is None:
+            return None
+        if self._grammars is None:
+            from ._constraints import GrammarCompiler
+
+            loaded = self.loaded
+            vocab = int(loaded.model.get_output_embeddings().weight.shape[0])
+            self._grammars = GrammarCompiler(loaded.tokenizer, vocab, bool(self.options.get("any_whitespace", True)))
+        return self._grammars.constraint(self._grammars.compile(job.grammar, job.model.id), rows)
+
+
+def _logprobs(raw: Any, tokens: Sequence[int], top: int) -> list[tuple[float, list[tuple[int, float]]]]:
+    """Each row's chosen-token logprob and its ``top`` best alternatives, from the model's raw
+    logits (before penalties and temperature), as vLLM reports them."""
+    import torch
+
+    logprobs = torch.log_softmax(raw, dim=-1)
+    out = []
+    for row, token in enumerate(tokens):
+        best = torch.topk(logprobs[row], top) if top else None
+        alternatives = list(zip(best.indices.tolist(), best.values.tolist(), strict=True)) if best is not None else []
+        out.append((float(logprobs[row, token]), alternatives))
+    return out
+
+
+def _needs_token_step(job: Job) -> bool:
+    p = job.params
+    return p.seed is not None or p.logprobs is not None or bool(p.stop) or job.grammar is not None
 
 
 def _batch_key(job: Job) -> tuple[Any, ...] | None:
     """Jobs with equal keys can run in one generate() call; None: this one runs alone."""
-    if job.images:
+    if job.images or _needs_token_step(job):
         return None
     adapter = job.adapter[0] if job.adapter else None
     return (adapter, *(getattr(job.params, f) for f in SAMPLING_FIELDS), job.params.n)
