@@ -167,6 +167,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         speed["max_model_len"] = args.max_model_len
     if args.disable_any_whitespace:
         speed["any_whitespace"] = False
+    if args.tool_strict_level:
+        speed["tool_strict_level"] = args.tool_strict_level
     serve(models, host=args.host, port=args.port, device=args.device, api_key=api_key, **speed)
     return EXIT_OK
 
@@ -220,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--chat-template", metavar="FILE", help="chat template for every request (as vLLM's --chat-template)")
     serve.add_argument("--max-model-len", type=int, metavar="N", help="context length, prompt + output (as vLLM's)")
     serve.add_argument("--disable-any-whitespace", action="store_true", help="structured output (JSON) without free whitespace")
+    serve.add_argument("--tool-strict-level", choices=["auto", "function", "parameter"], help="how far tool calls are constrained (as vLLM's)")
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="the end-to-end tour: local backend, server and remote transport")

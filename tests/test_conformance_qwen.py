@@ -203,3 +203,61 @@ def test_chat_template_option_renders_as_vllms_flag(template_peers, peers, name)
     assert response.status_code == 200 and answer(response.json()) == ours
     if name in ("image_after_text", "two_images"):  # images in front, not in place: another prompt
         assert answer(peers.local_chat(payload)) != ours
+
+
+# -- the OpenAI parameters, against vLLM on the same checkpoint ---------------------------------
+
+CITY = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "enum": ["Paris", "Rome", "Lisbon"]}, "rank": {"type": "integer", "minimum": 1, "maximum": 9}},
+    "required": ["city", "rank"],
+}
+FORCED_TOOL = {"type": "function", "function": {"name": "get_weather"}}
+STRICT_WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "strict": True,
+        "parameters": {"type": "object", "properties": {"location": {"type": "string", "enum": ["Paris", "Rome"]}}, "required": ["location"]},
+    },
+}
+PARAMETERS = {
+    "max_completion_tokens": greedy([user("Name the european capitals")], max_tokens=12, max_completion_tokens=5),
+    "stop_string": greedy([user("Name the european capitals")], max_tokens=16, stop=" brown"),
+    "stop_list": greedy([user("Name the european capitals")], max_tokens=16, stop=["never there", "merci"]),
+    "json_object": greedy([user("Give me JSON")], max_tokens=24, response_format={"type": "json_object"}),
+    "json_schema": greedy(
+        [user("Pick a city")], max_tokens=24, response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}}
+    ),
+    "tool_choice_none": greedy([user("What is the weather in London?")], tools=[CATALOGUE["tools_no_system"]["tools"][0]], tool_choice="none"),
+    "tool_choice_named": greedy(
+        [user("What is the weather in London?")], max_tokens=40, tools=CATALOGUE["tools_no_system"]["tools"], tool_choice=FORCED_TOOL
+    ),
+    "tool_choice_named_strict": greedy(
+        [user("What is the weather in London?")], max_tokens=40, tools=[STRICT_WEATHER], tool_choice=FORCED_TOOL
+    ),
+    "tool_choice_required": greedy(
+        [user("What is the weather in London?")], max_tokens=40, tools=[STRICT_WEATHER], tool_choice="required", parallel_tool_calls=False
+    ),
+    "tool_choice_auto_strict": greedy([user("What is the weather in London?")], max_tokens=24, tools=[STRICT_WEATHER]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PARAMETERS))
+def test_openai_parameters_answer_as_vllm(peers, name):
+    payload = PARAMETERS[name]
+    ours, theirs = peers.local_chat(payload), peers.vllm_chat(payload)
+    assert answer(ours) == answer(theirs)
+    assert ours["choices"][0]["stop_reason"] == theirs["choices"][0]["stop_reason"]
+    if name.startswith("stop"):
+        assert ours["choices"][0]["finish_reason"] == "stop" and ours["choices"][0]["stop_reason"]
+
+
+def test_logprobs_match_vllms(peers):
+    payload = greedy([user("Name the european capitals")], max_tokens=6, logprobs=True, top_logprobs=3)
+    ours = peers.local_chat(payload)["choices"][0]["logprobs"]["content"]
+    theirs = peers.vllm_chat(payload)["choices"][0]["logprobs"]["content"]
+    assert [e["token"] for e in ours] == [e["token"] for e in theirs]
+    for mine, ref in zip(ours, theirs, strict=True):
+        assert mine["logprob"] == pytest.approx(ref["logprob"], abs=1e-3)
+        assert [t["token"] for t in mine["top_logprobs"]] == [t["token"] for t in ref["top_logprobs"]]

@@ -261,9 +261,9 @@ def test_default_max_tokens_is_the_rest_of_the_context(local_ai, monkeypatch):
     seen = []
     original = _engine.ResponseBuilder.__init__
 
-    def spy(self, loaded, model_id, n, tools, max_tokens, prompt_tokens, *rest):
+    def spy(self, loaded, model_id, n, tools, max_tokens, prompt_tokens, *rest, **options):
         seen.append((max_tokens, prompt_tokens))
-        original(self, loaded, model_id, n, tools, max_tokens, prompt_tokens, *rest)
+        original(self, loaded, model_id, n, tools, max_tokens, prompt_tokens, *rest, **options)
 
     monkeypatch.setattr(_engine.ResponseBuilder, "__init__", spy)
     stream = local_ai.run(INTERNVL_ID, {"messages": HELLO["messages"], "temperature": 0, "stream": True})
@@ -281,9 +281,9 @@ def test_closing_a_stream_stops_generation_and_frees_the_model(local_ai, monkeyp
     steps = []
     original = _engine.ResponseBuilder.step
 
-    def counting(self, rows):
+    def counting(self, rows, logprobs=None):
         steps.append(self.id)
-        return original(self, rows)
+        return original(self, rows, logprobs)
 
     monkeypatch.setattr(_engine.ResponseBuilder, "step", counting)
     stream = local_ai.run(QWEN_ID, {**HELLO, "max_tokens": 3000, "stream": True})

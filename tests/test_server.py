@@ -93,9 +93,9 @@ def test_disconnect_mid_stream_frees_the_model(served, monkeypatch):
     steps: list[str] = []
     original = _engine.ResponseBuilder.step
 
-    def counting(self, rows):
+    def counting(self, rows, logprobs=None):
         steps.append(self.id)
-        return original(self, rows)
+        return original(self, rows, logprobs)
 
     monkeypatch.setattr(_engine.ResponseBuilder, "step", counting)
     body = {"model": INTERNVL_ID, **HELLO, "max_tokens": 5000, "stream": True}

@@ -31,7 +31,7 @@ from .._transport import (
     TransportResponse,
 )
 from ._chat import render_prompt
-from ._constraints import GrammarSpec
+from ._constraints import STRICT_LEVELS, GrammarSpec
 from ._images import ImageLoader, ImagePolicy
 from ._loading import AWQ_KERNELS
 
@@ -67,6 +67,7 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         awq_kernel: str | None = None,
         fast_decode: bool = True,
         any_whitespace: bool = True,
+        tool_strict_level: str = "auto",
         image_loader: ImageLoader | None = None,
     ) -> None:
         if device not in ("auto", "cpu") and not device.startswith("cuda"):
@@ -103,6 +104,12 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         if awq_kernel is not None and awq_kernel not in AWQ_KERNELS:
             raise ValueError(f"awq_kernel must be one of {', '.join(AWQ_KERNELS)} (or None), got {awq_kernel!r}")
         self.awq_kernel = awq_kernel
+        # How far tool calls are constrained, as vLLM's --tool-strict-level: "auto" (forced
+        # tool_choice, and strict tools), "function" (every call's envelope), "parameter" (and
+        # every tool's arguments, as if each were strict).
+        if tool_strict_level not in STRICT_LEVELS:
+            raise ValueError(f"tool_strict_level must be one of {', '.join(STRICT_LEVELS)}, got {tool_strict_level!r}")
+        self.tool_strict_level = tool_strict_level
         self.generation_options = {
             "static_cache": static_cache,
             "compile": compile,
@@ -216,8 +223,8 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         if self.chat_template is not None:
             templates = dataclasses.replace(templates, override=self.chat_template)
         choice = payload.get("tool_choice")
-        tool_mode = f"named:{choice['function']['name']}" if isinstance(choice, Mapping) else str(choice or "auto")
-        grammar = GrammarSpec.from_payload(payload)
+        tool_mode = "named" if isinstance(choice, Mapping) else str(choice or "auto")
+        grammar = GrammarSpec.from_payload(payload, self.tool_strict_level)
         try:
             prompt, image_refs = render_prompt(loaded.tokenizer, templates, payload["messages"], payload.get("tools"), loaded.image_placeholder)
         except (KeyError, TypeError, AttributeError, IndexError) as exc:  # only with validate=False

@@ -2,14 +2,17 @@
 
 vLLM (Azion's engine) honours ``response_format`` (``json_object``, ``json_schema``) and
 ``tool_choice`` (``"required"``, a named function) by structured output with xgrammar; the same
-library does it here. A :class:`Grammar` is compiled once per request; a :class:`Constraint`
-holds one matcher per choice and masks each step's logits to the tokens the grammar allows, so the
-answer parses (and matches the schema) whatever the model's weights.
+library does it here, with the same grammars. A grammar is compiled once per request; a
+:class:`Constraint` holds one matcher per choice and masks each step's logits to the tokens the
+grammar allows, so the answer parses whatever the model's weights.
 
-What each request is constrained to, as vLLM does it:
+What each request is constrained to, as vLLM 0.32 does it with the hermes tool parser:
 - ``json_object``: any JSON object (the schema ``{"type": "object"}``); ``json_schema``: that schema;
-- a named tool: a JSON object matching the tool's ``parameters`` (the text is the call's arguments);
-- ``"required"``: a JSON array of ``{"name": <one of the tools>, "parameters": {...}}``, 1 or more.
+- a named tool: exactly one hermes call of it, ``<tool_call>{"name": ..., "arguments": ...}</tool_call>``;
+  ``"required"``: one or more calls of the tools; the arguments follow a tool's ``parameters``
+  when the tool says ``"strict": true`` (or the strict level is ``"parameter"``), else any JSON;
+- ``"auto"`` with a strict tool: calls are constrained once ``<tool_call>`` is written.
+The text then goes through the hermes parser like any other answer.
 """
 
 from __future__ import annotations
@@ -32,48 +35,76 @@ def _xgrammar() -> Any:
     return xgrammar
 
 
-def tool_parameters(tool: Mapping[str, Any]) -> dict[str, Any]:
-    params = (tool.get("function") or {}).get("parameters")
-    return dict(params) if params else {"type": "object", "properties": {}}
+STRICT_LEVELS = ("auto", "function", "parameter")
 
 
-def required_tools_schema(tools: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """vLLM's schema for ``tool_choice: "required"``: an array of calls, at least one."""
-    calls = [
-        {
-            "properties": {"name": {"type": "string", "enum": [t["function"]["name"]]}, "parameters": tool_parameters(t)},
-            "required": ["name", "parameters"],
-        }
-        for t in tools
-    ]
-    return {"type": "array", "minItems": 1, "items": {"type": "object", "anyOf": calls}}
+def _strict(tool: Mapping[str, Any]) -> bool:
+    return (tool.get("function") or {}).get("strict") is True
+
+
+def _hermes_tags(tools: Sequence[Mapping[str, Any]], pin_arguments: bool) -> list[dict[str, Any]]:
+    """One tag per tool and layout (with and without newlines inside ``<tool_call>``): the call
+    envelope is fixed, the arguments follow the tool's schema when it is strict, else any JSON."""
+    tags = []
+    for tool in tools:
+        function = tool.get("function") or {}
+        schema: Any = True
+        if pin_arguments or function.get("strict") is True:
+            schema = function.get("parameters") if function.get("parameters") is not None else True
+        for begin, end in (('<tool_call>\n{"name": "', "}\n</tool_call>"), ('<tool_call>{"name": "', "}</tool_call>")):
+            content = {"type": "json_schema", "json_schema": schema, "style": "json", "any_order": False, "max_whitespace_cnt": None, "excludes": []}
+            tags.append({"type": "tag", "begin": begin + function["name"] + '", "arguments": ', "content": content, "end": end})
+    return tags
+
+
+def hermes_structural_tag(
+    tools: Sequence[Mapping[str, Any]], tool_choice: Any, strict_level: str = "auto", parallel: bool = True
+) -> dict[str, Any] | None:
+    """vLLM's structural tag for the hermes tool parser (``--tool-strict-level``): forced calls
+    for a named function (exactly one) or ``"required"`` (one or more), and, under ``"auto"``, calls
+    constrained once ``<tool_call>`` appears when a tool is ``strict`` or the level asks for it.
+    ``parallel_tool_calls: false`` stops every list of calls after its first."""
+    if not tools or tool_choice == "none":
+        return None
+    level = STRICT_LEVELS.index(strict_level)
+    if tool_choice in (None, "auto") and level == 0 and not any(_strict(t) for t in tools):
+        return None
+    pin = level >= 2
+    if isinstance(tool_choice, Mapping):
+        name = tool_choice["function"]["name"]
+        chosen = [t for t in tools if (t.get("function") or {}).get("name") == name]
+        fmt: dict[str, Any] = {"type": "tags_with_separator", "tags": _hermes_tags(chosen, pin), "separator": "", "at_least_one": True, "stop_after_first": True}
+    elif tool_choice == "required":
+        fmt = {"type": "tags_with_separator", "tags": _hermes_tags(tools, pin), "separator": "", "at_least_one": True, "stop_after_first": False}
+    else:
+        fmt = {"type": "triggered_tags", "triggers": ["<tool_call>"], "tags": _hermes_tags(tools, pin), "at_least_one": False, "stop_after_first": False, "excludes": []}
+    if not parallel:
+        fmt["stop_after_first"] = True
+    return {"type": "structural_tag", "format": fmt}
 
 
 @dataclass(frozen=True)
 class GrammarSpec:
-    """What one request's output is constrained to: a JSON schema, as text. ``json_object`` is
-    the schema ``{"type": "object"}``; ``strict`` or not, the schema is enforced (vLLM ignores the
-    flag too, and xgrammar's strict mode allows no properties the schema does not name)."""
+    """What one request's output is constrained to: a JSON schema or a structural tag, as JSON
+    text. ``json_object`` is the schema ``{"type": "object"}``; ``strict`` or not, a response
+    schema is enforced (vLLM ignores the flag too)."""
 
-    json_schema: str
+    kind: str  # "json_schema" or "structural_tag"
+    text: str
 
     @classmethod
-    def from_payload(cls, payload: Mapping[str, Any]) -> GrammarSpec | None:
-        choice = payload.get("tool_choice")
-        tools = payload.get("tools") or []
-        if isinstance(choice, Mapping):
-            name = choice["function"]["name"]
-            tool = next(t for t in tools if t["function"].get("name") == name)
-            return cls(json.dumps(tool_parameters(tool)))
-        if choice == "required":
-            return cls(json.dumps(required_tools_schema(tools)))
+    def from_payload(cls, payload: Mapping[str, Any], strict_level: str = "auto") -> GrammarSpec | None:
+        parallel = payload.get("parallel_tool_calls") is not False
+        tag = hermes_structural_tag(payload.get("tools") or [], payload.get("tool_choice"), strict_level, parallel)
+        if tag is not None:
+            return cls("structural_tag", json.dumps(tag))
         fmt = payload.get("response_format")
         if not isinstance(fmt, Mapping) or fmt.get("type") in (None, "text"):
             return None
         if fmt["type"] == "json_object":
-            return cls('{"type": "object"}')
+            return cls("json_schema", '{"type": "object"}')
         schema = fmt["json_schema"].get("schema") or {"type": "object"}
-        return cls(json.dumps(schema))
+        return cls("json_schema", json.dumps(schema))
 
 
 class GrammarCompiler:
@@ -91,9 +122,11 @@ class GrammarCompiler:
 
     def compile(self, spec: GrammarSpec, model_id: str) -> Any:
         try:
-            return self._compiler.compile_json_schema(spec.json_schema, any_whitespace=self.any_whitespace)
+            if spec.kind == "structural_tag":
+                return self._compiler.compile_structural_tag(spec.text)
+            return self._compiler.compile_json_schema(spec.text, any_whitespace=self.any_whitespace)
         except (RuntimeError, ValueError) as exc:
-            where = "response_format.json_schema.schema"
+            where = "tools" if spec.kind == "structural_tag" else "response_format.json_schema.schema"
             raise ValidationError(model_id, [ValidationIssue(where, f"cannot be used for constrained decoding: {str(exc)[:300]}")]) from None
 
     def constraint(self, grammar: Any, rows: int) -> Constraint:

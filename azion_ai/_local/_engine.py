@@ -11,7 +11,6 @@ only read the events a job emits.
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import queue
 import threading
@@ -30,7 +29,7 @@ from .._exceptions import (
     ValidationIssue,
 )
 from .._models import ModelInfo
-from ._chat import IncrementalDecoder, ToolCallParser, new_tool_call_id
+from ._chat import IncrementalDecoder, ToolCallParser
 from ._constraints import GrammarSpec
 from ._loading import LoadedModel
 
@@ -125,8 +124,8 @@ class Job:
     max_model_len: int
     image_limits: dict[str, Any] = field(default_factory=dict)
     tool_mode: str = "auto"
-    """How the output becomes tool calls: "auto" (hermes parsing; without tools: none), "none"
-    (plain content), "named:<function>" or "required" (constrained, see _constraints)."""
+    """How tools shape the answer: "auto", "named" or "required" (hermes calls parsed; the last
+    two constrained, see _constraints), "none" (plain content). Without tools: "text"."""
     grammar: GrammarSpec | None = None
     adapter: tuple[str, Any] | None = None  # (name, directory) of a LoRA adapter
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -144,7 +143,7 @@ class _Choice:
         # checkpoints): the same here, so the parser sees the same text.
         self.decoder = IncrementalDecoder(tokenizer, skip_special_tokens=tool_mode in ("none", "text"))
         self.mode = tool_mode
-        self.parser = ToolCallParser() if tool_mode == "auto" else None
+        self.parser = ToolCallParser() if tool_mode in ("auto", "named", "required") else None
         self.stops = stops
         self._hold = max((len(s) for s in stops), default=1) - 1  # never leak a partial stop string
         self._text = ""  # all text so far, cut at a matched stop string
@@ -184,20 +183,11 @@ class _Choice:
         piece = self._release(piece, final)
         final = final or self.stop_reason is not None
         calls: list[dict[str, Any]] = []
-        if self.mode in ("auto", "none", "text"):
-            content = piece if self.parser is None else self.parser.feed(piece)
-            if final and self.parser is not None:
-                rest = self.parser.finish()
-                content += rest.content
-                calls = rest.tool_calls
-        else:  # constrained to a call: the whole text is read at the end
-            self.content.append(piece)
-            content = ""
-            if final:
-                text, self.content = "".join(self.content), []
-                calls = forced_calls(self.mode, text)
-                if not calls:
-                    content = text
+        content = piece if self.parser is None else self.parser.feed(piece)
+        if final and self.parser is not None:
+            rest = self.parser.finish()
+            content += rest.content
+            calls = rest.tool_calls
         if final:
             self._closed = True
         delta: dict[str, Any] = {}
@@ -211,30 +201,36 @@ class _Choice:
         return delta or None
 
 
-def forced_calls(mode: str, text: str) -> list[dict[str, Any]]:
-    """Tool calls from a constrained output, as vLLM reads them: a named function's arguments,
-    or ``"required"``'s JSON array of ``{"name", "parameters"}``. [] if the text is not whole."""
-    if mode.startswith("named:"):
-        try:
-            json.loads(text)
-        except ValueError:
-            return []
-        return [{"id": new_tool_call_id(), "type": "function", "function": {"name": mode[6:], "arguments": text}}]
-    try:
-        items = json.loads(text)
-        return [
-            {"id": new_tool_call_id(), "type": "function", "function": {"name": item["name"], "arguments": json.dumps(item["parameters"], ensure_ascii=False)}}
-            for item in items
-        ]
-    except (ValueError, TypeError, KeyError):
-        return []
+def decoded_token(tokenizer: Any, token: int, context: Sequence[int]) -> str:
+    """A token's text for logprobs, as vLLM gives it: a byte of an unfinished character is "",
+    and the token that finishes one carries the whole character (read with up to 4 preceding
+    tokens of the output as context)."""
+    text = str(tokenizer.decode([token]))
+    if not text.endswith("\ufffd"):
+        return text
+    for size in range(1, min(len(context), 4) + 1):
+        before = list(context[-size:])
+        whole = str(tokenizer.decode([*before, token]))
+        if whole.endswith("\ufffd"):
+            continue
+        clean = len(before)
+        while clean > 0 and str(tokenizer.decode([before[clean - 1]])).endswith("\ufffd"):
+            clean -= 1
+        prefix = str(tokenizer.decode(before[:clean])) if clean else ""
+        common = 0
+        for a, b in zip(prefix, whole, strict=False):
+            if a != b:
+                break
+            common += 1
+        return whole[common:]
+    return ""
 
 
-def logprob_entry(tokenizer: Any, token: int, logprob: float, top: Sequence[tuple[int, float]]) -> dict[str, Any]:
+def logprob_entry(tokenizer: Any, token: int, logprob: float, top: Sequence[tuple[int, float]], context: Sequence[int] = ()) -> dict[str, Any]:
     """One token in OpenAI's chat logprobs shape."""
 
     def item(tid: int, lp: float) -> dict[str, Any]:
-        text = tokenizer.decode([tid])
+        text = decoded_token(tokenizer, tid, context)
         return {"token": text, "logprob": max(lp, -9999.0), "bytes": list(text.encode("utf-8", errors="replace"))}
 
     return {**item(token, logprob), "top_logprobs": [item(t, lp) for t, lp in top]}
@@ -295,7 +291,7 @@ class ResponseBuilder:
             choice.tokens += 1
             entry = None
             if self.with_logprobs and logprobs is not None:
-                entry = logprob_entry(self.tokenizer, int(tid), logprobs[row][0], logprobs[row][1])
+                entry = logprob_entry(self.tokenizer, int(tid), logprobs[row][0], logprobs[row][1], choice.decoder.ids[-4:])
                 choice.logprobs.append(entry)
             if tid in self.eos:
                 choice.finish_reason = "stop"
@@ -353,8 +349,10 @@ class ResponseBuilder:
         choices = []
         for c in self.choices:
             content: str | None = "".join(c.content)
-            if c.tool_calls and not content:
-                content = "" if c.mode == "required" or c.mode.startswith("named:") else None
+            if c.mode in ("named", "required"):
+                content = content or ""  # as vLLM for forced calls
+            elif c.tool_calls and not content:
+                content = None
             choices.append(
                 {
                     "index": c.index,
