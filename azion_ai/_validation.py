@@ -443,7 +443,7 @@ def _openai_parameters() -> Draft7Validator:
 
 OPENAI_PARAMETERS = frozenset(
     {"max_completion_tokens", "stop", "seed", "response_format", "tool_choice", "logprobs", "top_logprobs",
-     "stream_options", "top_k", "min_p", "repetition_penalty", "parallel_tool_calls"}
+     "stream_options", "top_k", "min_p", "repetition_penalty", "parallel_tool_calls", "logit_bias"}
 )
 
 

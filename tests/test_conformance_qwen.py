@@ -239,6 +239,7 @@ PARAMETERS = {
     "tool_choice_required": greedy(
         [user("What is the weather in London?")], max_tokens=40, tools=[STRICT_WEATHER], tool_choice="required", parallel_tool_calls=False
     ),
+    "logit_bias": greedy([user("Name the european capitals")], max_tokens=8, logit_bias={"300": 8.5, "301": -100}),
     "tool_choice_auto_strict": greedy([user("What is the weather in London?")], max_tokens=24, tools=[STRICT_WEATHER]),
 }
 

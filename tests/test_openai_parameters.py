@@ -143,6 +143,38 @@ def test_logprobs_in_openais_shape_whole_and_streamed(local_ai):
     assert plain.choices[0].logprobs is None
 
 
+# -- logit_bias and what is refused ---------------------------------------------------------------
+
+
+def test_logit_bias_moves_the_answer(local_ai):
+    local_ai.transport.load(QWEN_ID)
+    loaded = local_ai.transport._workers[QWEN_ID].loaded
+    paris = loaded.tokenizer.encode(" Paris")[0]
+    plain = local_ai.run(QWEN_ID, {**GREEDY, "max_tokens": 4, "logprobs": True})
+    biased = local_ai.run(QWEN_ID, {**GREEDY, "max_tokens": 4, "logprobs": True, "logit_bias": {str(paris): 100}})
+    assert plain.choices[0].logprobs["content"][0]["token"] != loaded.tokenizer.decode([paris])
+    assert all(e["token"] == loaded.tokenizer.decode([paris]) for e in biased.choices[0].logprobs["content"])
+    with pytest.raises(azion_ai.ValidationError) as caught:
+        local_ai.run(QWEN_ID, {**GREEDY, "logit_bias": {"99999999": 5}})
+    assert caught.value.paths == ["logit_bias.99999999"]
+
+
+@pytest.mark.parametrize("name", ["functions", "best_of", "min_tokens", "stop_token_ids", "guided_json"])
+def test_parameters_the_local_backend_cannot_honour_are_refused(local_ai, served, name):
+    payload = {**GREEDY, name: [] if name in ("functions", "stop_token_ids") else 2 if name != "guided_json" else {}}
+    with pytest.raises(azion_ai.ValidationError) as caught:
+        local_ai.run(QWEN_ID, payload)
+    assert caught.value.paths == [name]
+    _, running = served
+    response = httpx.post(f"{running.base_url}/chat/completions", json={"model": QWEN_ID, **payload})
+    assert response.status_code == 400 and response.json()["error"]["param"] == name
+
+
+def test_parameters_that_do_not_change_an_answer_pass(local_ai):
+    done = local_ai.run(QWEN_ID, {**GREEDY, "max_tokens": 2, "user": "u-1", "metadata": {"k": "v"}, "store": False})
+    assert done.usage.completion_tokens == 2
+
+
 # -- response_format ---------------------------------------------------------------------------
 
 

@@ -36,6 +36,26 @@ from ._images import ImageLoader, ImagePolicy
 from ._loading import AWQ_KERNELS
 
 ENV_MODELS_DIR = "AZION_AI_MODELS_DIR"
+# Parameters that change an answer and that the local backend does not implement: refused with a
+# clear error rather than ignored (docs/parameters.md). Others it does not use (user, metadata,
+# store, service_tier) do not change an answer and pass.
+NOT_HONOURED = {
+    "functions": "the deprecated 'functions' are not supported; send 'tools'",
+    "function_call": "the deprecated 'function_call' is not supported; send 'tool_choice'",
+    "best_of": "is not supported by the local backend; use 'n'",
+    "prediction": "predicted outputs are not supported by the local backend",
+    "audio": "audio output is not supported by these models",
+    "modalities": "only text output is supported by these models; remove 'modalities'",
+    "min_tokens": "is not supported by the local backend",
+    "ignore_eos": "is not supported by the local backend",
+    "stop_token_ids": "is not supported by the local backend; use 'stop' strings",
+    "echo": "is not supported by the local backend",
+    "guided_json": "use response_format {\"type\": \"json_schema\"}",
+    "guided_regex": "regular-expression guidance is not supported by the local backend",
+    "guided_grammar": "grammar guidance is not supported by the local backend",
+    "guided_choice": "choice guidance is not supported by the local backend",
+    "structured_outputs": "use response_format or tool_choice",
+}
 
 
 class LocalBackend(BaseTransport, AsyncBaseTransport):
@@ -214,8 +234,15 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
                 raise ValidationError(
                     model.id, [ValidationIssue(name, f"{name}={limit} cannot be greater than the context length ({max_model_len} tokens)")]
                 )
+        refused = sorted(set(payload) & set(NOT_HONOURED))
+        if refused:
+            raise ValidationError(model.id, [ValidationIssue(name, NOT_HONOURED[name]) for name in refused])
         worker = self._worker(model)
         loaded = worker.loaded
+        vocab = int(loaded.model.get_output_embeddings().weight.shape[0])
+        for token in payload.get("logit_bias") or {}:
+            if int(token) >= vocab:
+                raise ValidationError(model.id, [ValidationIssue(f"logit_bias.{token}", f"token id {token} is outside the vocabulary ({vocab} tokens)")])
         params = SamplingParams.resolve(payload, loaded.generation_defaults)
         if params.greedy and params.n > 1:
             raise ValidationError(model.id, [ValidationIssue("n", f"n must be 1 when using greedy sampling (temperature 0), got {params.n}")])

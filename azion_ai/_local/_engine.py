@@ -65,6 +65,7 @@ class SamplingParams:
     seed: int | None = None
     logprobs: int | None = None
     """None: no logprobs; k >= 0: each token's logprob and its k most likely alternatives."""
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     @classmethod
     def resolve(cls, payload: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> SamplingParams:
@@ -100,6 +101,7 @@ class SamplingParams:
             stop=stop,
             seed=payload.get("seed"),
             logprobs=int(payload.get("top_logprobs") or 0) if payload.get("logprobs") else None,
+            logit_bias=tuple((int(k), float(v)) for k, v in (payload.get("logit_bias") or {}).items()),
         )
 
     @property
@@ -739,6 +741,8 @@ class ModelWorker:
         if getattr(inner, "rope_deltas", None) is not None:
             inner.rope_deltas = None  # Qwen2.5-VL keeps the last request's 3D-rope offsets on the model
         processors: list[Any] = [penalty] if penalty is not None else []
+        if job.params.logit_bias:
+            processors.append(_LogitBias(job.params.logit_bias))
         warpers: list[Any] = []
         if config.do_sample:
             if config.temperature != 1.0:
@@ -822,7 +826,22 @@ def _logprobs(raw: Any, tokens: Sequence[int], top: int) -> list[tuple[float, li
 
 def _needs_token_step(job: Job) -> bool:
     p = job.params
-    return p.seed is not None or p.logprobs is not None or bool(p.stop) or job.grammar is not None
+    return p.seed is not None or p.logprobs is not None or bool(p.stop or p.logit_bias) or job.grammar is not None
+
+
+class _LogitBias:
+    """OpenAI's ``logit_bias``: a fixed amount added to chosen tokens' logits (after the
+    penalties, before temperature), as vLLM applies it; ids outside the vocabulary are refused
+    before generation."""
+
+    def __init__(self, bias: Sequence[tuple[int, float]]) -> None:
+        self.bias = bias
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        scores = scores.clone()
+        for token, amount in self.bias:
+            scores[:, token] += amount
+        return scores
 
 
 def _batch_key(job: Job) -> tuple[Any, ...] | None:
