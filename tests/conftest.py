@@ -51,6 +51,22 @@ def local_ai(tiny_dirs):
     ai.close()
 
 
+@pytest.fixture
+def counted_steps(monkeypatch):
+    """The response id of every token step, in order: proof of when a generation stopped."""
+    from azion_ai._local import _engine
+
+    steps: list[str] = []
+    original = _engine.ResponseBuilder.step
+
+    def counting(self, rows, logprobs=None):
+        steps.append(self.id)
+        return original(self, rows, logprobs)
+
+    monkeypatch.setattr(_engine.ResponseBuilder, "step", counting)
+    return steps
+
+
 def png_data_uri(color=(200, 30, 30), size=(64, 48), fmt="PNG") -> str:
     import base64
     import io

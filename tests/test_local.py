@@ -275,17 +275,8 @@ def test_default_max_tokens_is_the_rest_of_the_context(local_ai, monkeypatch):
 # -- streaming, cancellation, errors, concurrency ---------------------------------------------------
 
 
-def test_closing_a_stream_stops_generation_and_frees_the_model(local_ai, monkeypatch):
-    from azion_ai._local import _engine
-
-    steps = []
-    original = _engine.ResponseBuilder.step
-
-    def counting(self, rows, logprobs=None):
-        steps.append(self.id)
-        return original(self, rows, logprobs)
-
-    monkeypatch.setattr(_engine.ResponseBuilder, "step", counting)
+def test_closing_a_stream_stops_generation_and_frees_the_model(local_ai, counted_steps):
+    steps = counted_steps
     stream = local_ai.run(QWEN_ID, {**HELLO, "max_tokens": 3000, "stream": True})
     first = [next(stream), next(stream)]
     stream.close()

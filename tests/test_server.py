@@ -86,18 +86,9 @@ def test_bad_payloads_get_400_with_the_path(served):
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].content[0].image_url.url"
 
 
-def test_disconnect_mid_stream_frees_the_model(served, monkeypatch):
-    from azion_ai._local import _engine
-
+def test_disconnect_mid_stream_frees_the_model(served, counted_steps):
     _, running = served
-    steps: list[str] = []
-    original = _engine.ResponseBuilder.step
-
-    def counting(self, rows, logprobs=None):
-        steps.append(self.id)
-        return original(self, rows, logprobs)
-
-    monkeypatch.setattr(_engine.ResponseBuilder, "step", counting)
+    steps = counted_steps
     body = {"model": INTERNVL_ID, **HELLO, "max_tokens": 5000, "stream": True}
     with httpx.stream("POST", running.base_url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}) as r:
         lines = r.iter_lines()
