@@ -118,12 +118,12 @@ def _register_seed_models() -> None:
             id=INTERNVL3_1B,
             schema=load_bundled_schema(INTERNVL3_1B),
             name="InternVL3 Instruct 1B",
-            hf_repo="OpenGVLab/InternVL3-1B",
+            hf_repo="OpenGVLab/InternVL3-1B-Instruct",  # Azion's page; original layout, loaded without remote code
             category="VLM",
             size="1B",
             context_length=16384,
             tool_calling=False,
-            lora=True,
+            lora=False,  # Azion's page: "Supports LoRA ❌" (the local backend can still load adapters)
             input_modalities=("text", "image"),
             license="Apache 2.0",
             family="internvl",

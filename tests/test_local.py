@@ -86,7 +86,7 @@ def test_without_the_visual_fix_the_vision_tower_would_be_broken(tiny_dirs):
 
 
 def test_bad_directories_get_clear_errors(tmp_path, tiny_dirs):
-    from azion_ai._local._loading import check_directory
+    from azion_ai._local._loading import check_directory, load_model
 
     with pytest.raises(azion_ai.ModelLoadError, match="does not exist"):
         check_directory(tmp_path / "nope", "qwen2_5_vl")
@@ -99,8 +99,8 @@ def test_bad_directories_get_clear_errors(tmp_path, tiny_dirs):
     with pytest.raises(azion_ai.ModelLoadError, match="model_type is 'llama'"):
         check_directory(tmp_path, "qwen2_5_vl")
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "internvl_chat"}))
-    with pytest.raises(azion_ai.ModelLoadError, match="convert_internvl_weights_to_hf"):
-        check_directory(tmp_path, "internvl")
+    with pytest.raises(azion_ai.ModelLoadError, match="no tokenizer"):  # the original layout: converted, not refused
+        load_model(INTERNVL_ID, "internvl", tmp_path, "cpu")
     (tmp_path / "config.json").write_text((tiny_dirs[INTERNVL_ID] / "config.json").read_text())
     with pytest.raises(azion_ai.ModelLoadError, match="no weights"):
         check_directory(tmp_path, "internvl")

@@ -169,7 +169,8 @@ def test_fast_path_and_full_validator_agree(model_id):
 def test_registry_holds_the_seed_capabilities():
     qwen, intern = azion_ai.get_model(QWEN), azion_ai.get_model(INTERNVL)
     assert (qwen.context_length, qwen.tool_calling, qwen.lora) == (32768, True, True)
-    assert (intern.context_length, intern.tool_calling, intern.lora) == (16384, False, True)
+    assert (intern.context_length, intern.tool_calling, intern.lora) == (16384, False, False)
+    assert intern.hf_repo == "OpenGVLab/InternVL3-1B-Instruct"
     assert qwen.hf_repo == "Qwen/Qwen2.5-VL-3B-Instruct-AWQ"
     assert qwen.input_modalities == intern.input_modalities == ("text", "image")
     assert [m.id for m in azion_ai.list_models()][:2] == [INTERNVL, QWEN]

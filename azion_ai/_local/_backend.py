@@ -385,15 +385,23 @@ def _public(exc: BaseException) -> BaseException:
     return LocalBackendError(f"generation failed: {type(exc).__name__}: {message[:300]}")
 
 
+# Templates shipped with azion_ai, by name: InternVL's own conversation ("internvl2_5", what its
+# remote-code chat() uses) and the -hf layout's (images where they appear, no default system).
+NAMED_TEMPLATES = {"internvl2_5": "internvl2_5.jinja", "internvl-hf": "internvl_hf.jinja", "qwen2.5-tools": "qwen25_tokenizer.jinja"}
+
+
 def _read_template(template: str | os.PathLike[str] | None) -> str | None:
-    """A chat template given as text, or as the path of a file holding it (.jinja or .json)."""
+    """A chat template given as text, by name (NAMED_TEMPLATES), or as the path of a file holding
+    it (.jinja or .json)."""
     if template is None:
         return None
     text = str(template)
+    if text in NAMED_TEMPLATES:
+        return (Path(__file__).with_name("templates") / NAMED_TEMPLATES[text]).read_text(encoding="utf-8")
     if "{" not in text:  # a path: templates always hold Jinja tags
         path = Path(text).expanduser()
         if not path.is_file():
-            raise ValueError(f"chat_template: {text!r} is neither a Jinja template nor a file")
+            raise ValueError(f"chat_template: {text!r} is neither a Jinja template, a file, nor one of {', '.join(NAMED_TEMPLATES)}")
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".json":
             import json

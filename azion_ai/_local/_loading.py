@@ -26,6 +26,8 @@ AWQ_KERNELS = ("auto", "marlin", "machete", "exllama_v2", "gemm", "gemm_triton",
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 _FAMILY_TYPES = {"qwen2_5_vl": ("qwen2_5_vl",), "internvl": ("internvl",)}
+# Layouts converted once (no remote code) into the native one before loading: model_type -> converter
+_ORIGINAL_LAYOUTS = {"internvl": "internvl_chat"}
 # vLLM's placeholders for an image in a prompt (its models' get_placeholder_str).
 IMAGE_PLACEHOLDERS = {"qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>", "internvl": "<IMG_CONTEXT>"}
 
@@ -102,12 +104,6 @@ def check_directory(path: Path, family: str) -> dict[str, Any]:
     """Fail early, naming the file or field, rather than deep inside transformers."""
     config = _read_config(path)
     model_type = config.get("model_type")
-    if family == "internvl" and model_type == "internvl_chat":
-        raise ModelLoadError(
-            f"{str(path)!r} is an original-layout InternVL checkpoint (model_type 'internvl_chat', remote "
-            "code). Use the transformers-native layout instead: the 'OpenGVLab/InternVL3-1B-hf' checkpoint, "
-            "or convert with transformers' models/internvl/convert_internvl_weights_to_hf.py."
-        )
     if model_type not in _FAMILY_TYPES[family]:
         raise ModelLoadError(
             f"{path / 'config.json'}: model_type is {model_type!r}, but this model needs "
@@ -141,6 +137,12 @@ def load_model(
     from transformers import AutoConfig, AutoProcessor, GenerationConfig
 
     directory = Path(path).expanduser()
+    source = directory
+    if family in _ORIGINAL_LAYOUTS and _read_config(directory).get("model_type") == _ORIGINAL_LAYOUTS[family]:
+        from ._internvl_original import convert
+
+        directory = convert(directory)  # InternVL's own layout, read only; the result is cached
+        log.info("%s: original InternVL layout converted to %s", source, directory)
     raw = check_directory(directory, family)
     dev, dtype = pick_device(device)
     config = AutoConfig.from_pretrained(str(directory))
@@ -174,7 +176,10 @@ def load_model(
         "Qwen2_5_VLForConditionalGeneration" if family == "qwen2_5_vl" else "InternVLForConditionalGeneration",
     )
     try:
-        model = model_cls.from_pretrained(str(directory), dtype=dtype, device_map=str(dev), **kwargs)
+        # mis-shaped tensors are reported (below, by name) rather than raised from deep inside
+        model, info = model_cls.from_pretrained(
+            str(directory), dtype=dtype, device_map=str(dev), output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
         processor = AutoProcessor.from_pretrained(str(directory))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         if awq_kernel and quant.get("quant_method") == "awq":
@@ -183,6 +188,13 @@ def load_model(
                 f"On CPU use 'torch_awq' or 'torch_fused_awq'; on CUDA one of {', '.join(AWQ_KERNELS)}"
             ) from None
         raise ModelLoadError(f"could not load {model_id!r} from {str(directory)!r}: {exc}") from None
+    # Nothing half-loads: a tensor the model needs and the checkpoint lacks (or has in another
+    # shape) would otherwise start from random values.
+    missing = [k for k in info.get("missing_keys", ()) if not (k == "lm_head.weight" and config.get_text_config().tie_word_embeddings)]
+    mismatched = [str(m[0]) if isinstance(m, tuple) else str(m) for m in info.get("mismatched_keys", ())]
+    if missing or mismatched:
+        problems = [f"missing {', '.join(sorted(missing)[:5])}" if missing else "", f"mis-shaped {', '.join(mismatched[:5])}" if mismatched else ""]
+        raise ModelLoadError(f"{str(source)!r}: the weights do not fit the model ({'; '.join(p for p in problems if p)})")
     model.eval()
     kernel = next((type(m).__name__ for m in model.modules() if type(m).__module__.startswith("gptqmodel")), None)
     gen = getattr(model, "generation_config", None) or GenerationConfig()
