@@ -74,3 +74,44 @@ def test_streams_have_vllms_chunk_sequence(peers, name, include_usage):
     ours = stream_shape(peers.serve_stream(payload))
     assert ours == stream_shape(peers.vllm.chat_stream(payload))
     assert (ours[-2][0] == "usage") is include_usage
+
+
+# -- the original layout (internvl_chat): the prompt vLLM renders for its own files -------------
+
+
+@pytest.fixture(scope="module")
+def original_peers(tiny_dirs, tmp_path_factory):
+    """vLLM cannot read the original layout without running its remote code; it renders such a
+    checkpoint with the tokenizer's template (Qwen2.5's) and images in front. So vLLM runs the
+    -hf twin with that template (--chat-template), and the local backend the original layout
+    with its defaults: the same prompts, the same weights."""
+    import json
+    import os
+
+    from azion_ai._local._tiny import build_internvl3_original
+
+    where = tmp_path_factory.mktemp("vllm-internvl-original")
+    os.environ.setdefault("AZION_AI_CACHE", str(where / "cache"))
+    original = build_internvl3_original(tiny_dirs[INTERNVL_ID], where / "InternVL3-1B-Instruct")
+    template = where / "original.jinja"
+    template.write_text(json.loads((original / "tokenizer_config.json").read_text())["chat_template"])
+    from azion_ai import AI
+    from conformance import MAX_MODEL_LEN, require_vllm
+    import vllm_reference
+
+    require_vllm()
+    server = vllm_reference.VLLMServer(
+        tiny_dirs[INTERNVL_ID], INTERNVL_ID, max_model_len=MAX_MODEL_LEN, extra_args=("--chat-template", str(template)), log_path=where / "vllm.log"
+    )
+    with server, AI(backend="local", models={INTERNVL_ID: str(original)}, device="cpu", max_model_len=MAX_MODEL_LEN) as local:
+        yield server, local
+
+
+@pytest.mark.parametrize("name", ["plain", "system", "multi_turn", "image_after_text", "image_before_text", "two_images", "images_across_turns"])
+def test_original_layout_answers_as_vllm_renders_its_files(original_peers, name):
+    server, local = original_peers
+    payload = COMMON[name]
+    ours = answer(local.run(INTERNVL_ID, payload).model_dump(mode="json"))
+    response = server.chat(payload)
+    assert response.status_code == 200, response.text
+    assert ours == answer(response.json())
