@@ -398,6 +398,34 @@ def test_openai_client_parameters_and_parse(served):
         model=QWEN_ID, messages=ASK, tools=[strict(WEATHER)], tool_choice={"type": "function", "function": {"name": "get_weather"}}, max_tokens=80, temperature=0
     )
     assert forced.choices[0].message.tool_calls[0].function.name == "get_weather"
+    required = client.chat.completions.create(
+        model=QWEN_ID, messages=ASK, tools=[strict(WEATHER)], tool_choice="required", parallel_tool_calls=False, max_tokens=80, temperature=0
+    )
+    assert [c.function.name for c in required.choices[0].message.tool_calls] == ["get_weather"]
+    assert required.choices[0].finish_reason == "tool_calls"
+    none = client.chat.completions.create(model=QWEN_ID, messages=ASK, tools=[WEATHER], tool_choice="none", max_tokens=8, temperature=0)
+    assert not none.choices[0].message.tool_calls
+
+
+@pytest.mark.parametrize("model_id", [QWEN_ID, INTERNVL_ID])
+def test_openai_client_on_both_models(served, model_id):
+    openai = pytest.importorskip("openai")
+    _, running = served
+    client = openai.OpenAI(base_url=running.base_url, api_key="unused")
+    full = client.chat.completions.create(model=model_id, messages=ASK, max_tokens=16, temperature=0).choices[0].message.content
+    stop = full[5:8]
+    cut = client.chat.completions.create(model=model_id, messages=ASK, max_tokens=16, temperature=0, stop=[stop]).choices[0]
+    assert cut.message.content == full[:5] and cut.finish_reason == "stop"
+    sampled = {"model": model_id, "messages": ASK, "max_tokens": 8, "temperature": 1.0, "top_p": 1.0, "extra_body": {"top_k": -1}}
+    draws = [client.chat.completions.create(**sampled, seed=s).choices[0].message.content for s in (3, 3, 4)]
+    assert draws[0] == draws[1] != draws[2]
+    fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}}
+    as_json = client.chat.completions.create(model=model_id, messages=ASK, max_tokens=40, temperature=0, response_format=fmt)
+    assert json.loads(as_json.choices[0].message.content)["city"] in ("Paris", "Rome", "Lisbon")
+    with client.chat.completions.create(model=model_id, messages=ASK, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2, stream=True, stream_options={"include_usage": True}) as stream:
+        chunks = list(stream)
+    assert sum(len(c.choices[0].logprobs.content) for c in chunks if c.choices and c.choices[0].logprobs) == 4
+    assert chunks[-1].usage.completion_tokens == 4
 
 
 def test_langchain_max_tokens_structured_output_and_forced_tools(served):
