@@ -145,7 +145,7 @@ def run(model_id: str, payload: ChatPayload | Mapping[str, Any]) -> ChatCompleti
 def run(model_id: str, payload: ChatPayload | Mapping[str, Any]) -> ChatCompletion | Stream:
     """``Azion.AI.run(modelId, payload)``: a module-level client configured from the environment.
 
-    ``AZION_AI_BASE_URL`` and ``AZION_TOKEN`` pick the remote endpoint; ``AZION_AI_BACKEND=local``
+    ``AZION_AI_BASE_URL`` and ``AZION_AI_TOKEN`` pick the remote endpoint; ``AZION_AI_BACKEND=local``
     (with ``AZION_AI_MODELS_DIR``) runs the weights in-process instead.
     """
     return _default().run(model_id, payload)

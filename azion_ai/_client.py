@@ -30,7 +30,10 @@ __all__ = ["AI", "AsyncAI"]
 
 Backend = Literal["remote", "local"]
 ENV_BASE_URL = "AZION_AI_BASE_URL"
-ENV_TOKEN = "AZION_TOKEN"
+# The endpoint's own token. Never AZION_TOKEN: that is Azion's account-wide personal API token (what
+# Azion's CLI and libraries read); the AI endpoint does not use it, and sending it as a Bearer would
+# hand the whole account to whatever host base_url names (docs/security.md).
+ENV_TOKEN = "AZION_AI_TOKEN"
 ENV_BACKEND = "AZION_AI_BACKEND"
 
 

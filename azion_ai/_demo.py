@@ -1,6 +1,6 @@
 """The main job: a real ``ai.run`` wherever you are.
 
-With ``AZION_TOKEN`` and ``AZION_AI_BASE_URL`` set it calls Azion. Otherwise it runs the local
+With ``AZION_AI_BASE_URL`` set (and ``AZION_AI_TOKEN`` if the endpoint wants one) it calls Azion. Otherwise it runs the local
 backend on real weights from ``AZION_AI_MODELS_DIR``, or, with none, on tiny random-weight
 checkpoints of both architectures built here once; then it serves them with ``azion-ai serve``
 and calls that server through the remote transport.
@@ -58,8 +58,9 @@ def _demo_image() -> str:
 
 
 def main(cache_dir: str | None = None) -> int:
-    if os.environ.get("AZION_TOKEN") and os.environ.get("AZION_AI_BASE_URL"):
-        _say(f"Calling Azion at {os.environ['AZION_AI_BASE_URL']} (token from AZION_TOKEN).")
+    if os.environ.get("AZION_AI_BASE_URL"):
+        with_token = " (token from AZION_AI_TOKEN)" if os.environ.get("AZION_AI_TOKEN") else ""
+        _say(f"Calling Azion at {os.environ['AZION_AI_BASE_URL']}{with_token}.")
         with AI() as ai:
             _tour(ai, "remote", "https://upload.wikimedia.org/wikipedia/commons/4/47/PNG_transparency_demonstration_1.png")
         return 0
@@ -72,10 +73,10 @@ def main(cache_dir: str | None = None) -> int:
         from ._local._tiny import default_cache_dir, ensure_tiny_checkpoints
 
         where = cache_dir or str(default_cache_dir())
-        _say(f"No AZION_TOKEN and no AZION_AI_MODELS_DIR: building (once) tiny random-weight checkpoints of both\narchitectures in {where} and running them in-process.")
+        _say(f"No AZION_AI_BASE_URL and no AZION_AI_MODELS_DIR: building (once) tiny random-weight checkpoints of both\narchitectures in {where} and running them in-process.")
         _say("The TEXT BELOW COMES FROM RANDOM WEIGHTS: it is noise, but every step is the real pipeline.")
         _say("Real weights:  azion-ai run MODEL 'prompt' --model-path DIR   (or AZION_AI_MODELS_DIR=/models)")
-        _say("Azion itself:  AZION_TOKEN=... AZION_AI_BASE_URL=https://<app>.map.azionedge.net/v1")
+        _say("Azion itself:  AZION_AI_BASE_URL=https://<app>.map.azionedge.net/v1 (+ AZION_AI_TOKEN if it wants one)")
         models = {k: str(v) for k, v in ensure_tiny_checkpoints(where).items()}
 
     image = _demo_image()

@@ -1,6 +1,6 @@
 """Shared by the examples: a client for wherever you are.
 
-AZION_AI_BASE_URL (+ AZION_TOKEN) -> Azion or any OpenAI-compatible server;
+AZION_AI_BASE_URL (+ AZION_AI_TOKEN) -> Azion or any OpenAI-compatible server;
 AZION_AI_MODELS_DIR -> the real weights in-process; neither -> tiny random-weight checkpoints
 built once (their text is noise, the pipeline is real).
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (cached) and run the main job: a real ai.run (Azion if AZION_TOKEN + AZION_AI_BASE_URL are
+# Set up (cached) and run the main job: a real ai.run (Azion if AZION_AI_BASE_URL are
 # set, else the local backend on AZION_AI_MODELS_DIR or on tiny random-weight checkpoints built once).
 set -euo pipefail
 cd "$(dirname "$0")/.."

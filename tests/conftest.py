@@ -12,7 +12,7 @@ TOKEN = "azion-secret-token-3f9c1e7d"
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
-    for name in ("AZION_TOKEN", "AZION_AI_BASE_URL", "AZION_AI_BACKEND", "AZION_AI_MODELS_DIR"):
+    for name in ("AZION_TOKEN", "AZION_AI_TOKEN", "AZION_AI_BASE_URL", "AZION_AI_BACKEND", "AZION_AI_MODELS_DIR"):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -88,7 +88,7 @@ def test_non_stream_sends_the_payload_and_parses_the_completion():
 @respx.mock
 def test_environment_supplies_base_url_and_token(monkeypatch):
     monkeypatch.setenv("AZION_AI_BASE_URL", BASE + "/")
-    monkeypatch.setenv("AZION_TOKEN", TOKEN)
+    monkeypatch.setenv("AZION_AI_TOKEN", TOKEN)
     route = respx.post(URL).respond(200, json=COMPLETION)
     azion_ai._default_client = None
     try:
@@ -96,6 +96,20 @@ def test_environment_supplies_base_url_and_token(monkeypatch):
     finally:
         azion_ai._default_client = None
     assert route.calls.last.request.headers["authorization"] == f"Bearer {TOKEN}"
+
+
+@respx.mock
+def test_the_account_token_is_never_read_or_sent(monkeypatch):
+    """AZION_TOKEN is Azion's account-wide API token: it must never leave implicitly."""
+    monkeypatch.setenv("AZION_AI_BASE_URL", BASE)
+    monkeypatch.setenv("AZION_TOKEN", "account-wide-secret-9d2e")
+    route = respx.post(URL).respond(200, json=COMPLETION)
+    with AI() as client:
+        client.run(QWEN, PAYLOAD)
+        assert "account-wide-secret-9d2e" not in repr(client)
+    request = route.calls.last.request
+    assert "authorization" not in request.headers
+    assert b"account-wide-secret-9d2e" not in request.content
 
 
 def test_missing_base_url_says_what_to_set():
