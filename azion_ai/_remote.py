@@ -69,9 +69,13 @@ class Secret:
 
 
 def normalise_base_url(base_url: str) -> str:
+    """``base_url`` without a trailing slash; with no path at all it gets ``/v1`` (Azion's
+    starter kit and vLLM both serve ``/v1/...``)."""
     url = httpx.URL(base_url)
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError(f"base_url must be an http(s) URL with a host, got {base_url!r}")
+    if url.path in ("", "/"):
+        url = url.copy_with(path="/v1")
     return str(url).rstrip("/")
 
 
@@ -155,6 +159,9 @@ class _RemoteBase:
         except ValueError:
             body = content.decode("utf-8", errors="replace")
         message = error_message(body)
+        base = response.request.url.path.rsplit("/chat/completions", 1)[0]
+        if response.status_code == 404 and not base.endswith("/v1"):
+            message += f" (base_url's path is {base or '/'!r}; OpenAI-compatible servers such as Azion's starter kit and vLLM serve /v1/...)"
         return make_status_error(
             message,
             status_code=response.status_code,

@@ -440,3 +440,24 @@ def test_async_client_runs_under_trio(monkeypatch):
 
     assert trio.run(main) == ["Hi"]
     assert len(calls) == 2 and len(slept) == 1
+
+
+@respx.mock
+def test_a_base_url_without_a_path_gets_v1():
+    route = respx.post("https://edge.example.com/v1/chat/completions").respond(200, json=COMPLETION)
+    for given in ("https://edge.example.com", "https://edge.example.com/"):
+        with AI(base_url=given, max_retries=0) as client:
+            client.run(QWEN, PAYLOAD)
+    assert route.call_count == 2
+
+
+@respx.mock
+def test_a_404_from_a_base_url_without_v1_says_so():
+    respx.post("https://edge.example.com/api/chat/completions").respond(404, json={"error": {"message": "Not Found"}})
+    with AI(base_url="https://edge.example.com/api", max_retries=0) as client, pytest.raises(azion_ai.NotFoundError) as caught:
+        client.run(QWEN, PAYLOAD)
+    assert "/v1" in str(caught.value) and "'/api'" in str(caught.value)
+    respx.post(URL).respond(404, json={"error": {"message": "no such model"}})
+    with AI(base_url=BASE, max_retries=0) as client, pytest.raises(azion_ai.NotFoundError) as caught:
+        client.run(QWEN, PAYLOAD)
+    assert "base_url's path" not in str(caught.value)
