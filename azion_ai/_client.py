@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from collections.abc import Mapping as _Mapping
 from typing import Any, Literal, overload
 
 import httpx
 from pydantic import ValidationError as PydanticValidationError
+from typing_extensions import TypedDict, Unpack
 
 from ._exceptions import APIResponseValidationError
 from ._models import get_model
@@ -34,6 +36,14 @@ ENV_BASE_URL = "AZION_AI_BASE_URL"
 # Azion's CLI and libraries read); the AI endpoint does not use it, and sending it as a Bearer would
 # hand the whole account to whatever host base_url names (docs/security.md).
 ENV_TOKEN = "AZION_AI_TOKEN"
+
+
+class RequestOptions(TypedDict, total=False):
+    """Per-request controls of ``run``, as openai-python names them."""
+
+    timeout: float
+    max_retries: int
+    extra_headers: _Mapping[str, str]
 ENV_BACKEND = "AZION_AI_BACKEND"
 
 
@@ -93,14 +103,22 @@ class _ClientBase:
         else:
             raise ValueError(f"backend must be 'remote' or 'local', got {self.backend!r}")
 
-    def _request(self, model_id: str, payload: Any, validate: bool | None, lora: str | None = None) -> ChatRequest:
+    def _request(self, model_id: str, payload: Any, validate: bool | None, lora: str | None = None, **options: Any) -> ChatRequest:
         model = get_model(model_id)
         if self.validate if validate is None else validate:
             schemes = getattr(self._transport, "extra_url_schemes", ())
             validate_payload(model, payload, extra_url_schemes=schemes)
         elif not isinstance(payload, Mapping):
             raise TypeError("payload must be a dict")
-        return ChatRequest(model=model, payload=dict(payload), lora=lora)
+        unknown = set(options) - set(RequestOptions.__annotations__)
+        if unknown:
+            raise TypeError(f"run() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+        timeout, retries = options.get("timeout"), options.get("max_retries")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if retries is not None and retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {retries!r}")
+        return ChatRequest(model=model, payload=dict(payload), lora=lora, **options)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(backend={self.backend!r}, transport={self._transport!r})"
@@ -178,29 +196,30 @@ class AI(_ClientBase):
         return self._transport
 
     @overload
-    def run(self, model_id: str, payload: StreamingChatPayload, *, validate: bool | None = None, lora: str | None = None) -> Stream: ...
+    def run(self, model_id: str, payload: StreamingChatPayload, *, validate: bool | None = None, lora: str | None = None, **options: Unpack[RequestOptions]) -> Stream: ...
 
     @overload
     def run(
-        self, model_id: str, payload: NonStreamingChatPayload, *, validate: bool | None = None, lora: str | None = None
+        self, model_id: str, payload: NonStreamingChatPayload, *, validate: bool | None = None, lora: str | None = None, **options: Unpack[RequestOptions]
     ) -> ChatCompletion: ...
 
     @overload
     def run(
-        self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None, lora: str | None = None
+        self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None, lora: str | None = None, **options: Unpack[RequestOptions]
     ) -> ChatCompletion | Stream: ...
 
     def run(
-        self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None, lora: str | None = None
+        self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None, lora: str | None = None, **options: Unpack[RequestOptions]
     ) -> ChatCompletion | Stream:
         """Run ``model_id`` on ``payload`` (the JSON of Azion's JS API).
 
         Returns a ``ChatCompletion``, or a ``Stream`` of chunks when ``payload["stream"]`` is true.
         Raises ``ValidationError`` before anything is sent if the payload breaks the model's schema.
         ``lora`` names a LoRA adapter (local: one given to ``lora_adapters``; remote: the adapter's
-        served model name, as vLLM names them).
+        served model name, as vLLM names them). Per request, as in openai-python: ``timeout``
+        (seconds), ``max_retries`` and ``extra_headers`` (remote only).
         """
-        request = self._request(model_id, payload, validate, lora)
+        request = self._request(model_id, payload, validate, lora, **options)
         return _sync_result(self._transport.handle_request(request))
 
     def close(self) -> None:
@@ -256,24 +275,24 @@ class AsyncAI(_ClientBase):
 
     @overload
     async def run(
-        self, model_id: str, payload: StreamingChatPayload, *, validate: bool | None = None, lora: str | None = None
+        self, model_id: str, payload: StreamingChatPayload, *, validate: bool | None = None, lora: str | None = None, **options: Unpack[RequestOptions]
     ) -> AsyncStream: ...
 
     @overload
     async def run(
-        self, model_id: str, payload: NonStreamingChatPayload, *, validate: bool | None = None, lora: str | None = None
+        self, model_id: str, payload: NonStreamingChatPayload, *, validate: bool | None = None, lora: str | None = None, **options: Unpack[RequestOptions]
     ) -> ChatCompletion: ...
 
     @overload
     async def run(
-        self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None, lora: str | None = None
+        self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None, lora: str | None = None, **options: Unpack[RequestOptions]
     ) -> ChatCompletion | AsyncStream: ...
 
     async def run(
-        self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None, lora: str | None = None
+        self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None, lora: str | None = None, **options: Unpack[RequestOptions]
     ) -> ChatCompletion | AsyncStream:
         """Async twin of :meth:`AI.run`; ``await`` it, then ``async for`` over a stream."""
-        request = self._request(model_id, payload, validate, lora)
+        request = self._request(model_id, payload, validate, lora, **options)
         return await _async_result(await self._transport.handle_async_request(request))
 
     async def aclose(self) -> None:

@@ -124,16 +124,22 @@ class _RemoteBase:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
 
-    def _headers(self, stream: bool) -> dict[str, str]:
+    def _headers(self, request: ChatRequest) -> dict[str, str]:
         headers = {
             "User-Agent": USER_AGENT,
             "Content-Type": "application/json",
-            "Accept": "text/event-stream" if stream else "application/json",
+            "Accept": "text/event-stream" if request.stream else "application/json",
         }
         headers.update(self.default_headers)
         if self._token:
             headers["Authorization"] = f"Bearer {self._token.reveal()}"
+        headers.update(request.extra_headers or {})
         return headers
+
+    def _limits(self, request: ChatRequest) -> tuple[httpx.Timeout, int]:
+        """This request's timeout and retry budget: its own, else the client's."""
+        timeout = self.timeout if request.timeout is None else httpx.Timeout(request.timeout)
+        return timeout, self.max_retries if request.max_retries is None else request.max_retries
 
     @staticmethod
     def _body(request: ChatRequest) -> bytes:
@@ -188,8 +194,8 @@ class _RemoteBase:
             return APITimeoutError(f"request timed out ({type(exc).__name__})")
         return APIConnectionError(f"connection error: {type(exc).__name__}: {exc}")
 
-    def _log_retry(self, attempt: int, delay: float, reason: str) -> None:
-        log.info("retrying %s in %.2fs (retry %d of %d): %s", self.url, delay, attempt + 1, self.max_retries, reason)
+    def _log_retry(self, attempt: int, retries: int, delay: float, reason: str) -> None:
+        log.info("retrying %s in %.2fs (retry %d of %d): %s", self.url, delay, attempt + 1, retries, reason)
 
 
 class HTTPTransport(_RemoteBase, BaseTransport):
@@ -200,13 +206,14 @@ class HTTPTransport(_RemoteBase, BaseTransport):
 
     def handle_request(self, request: ChatRequest) -> TransportResponse:
         content = self._body(request)
-        headers = self._headers(request.stream)
+        headers = self._headers(request)
+        timeout, retries = self._limits(request)
         attempt = 0
         while True:
             retry_headers: Mapping[str, str] | None = None
             try:
                 response = self._client.send(
-                    self._client.build_request("POST", self.url, content=content, headers=headers, timeout=self.timeout),
+                    self._client.build_request("POST", self.url, content=content, headers=headers, timeout=timeout),
                     stream=True,
                 )
             except httpx.HTTPError as exc:
@@ -227,10 +234,10 @@ class HTTPTransport(_RemoteBase, BaseTransport):
                         raise error
                 finally:
                     response.close()
-            if attempt >= self.max_retries:
+            if attempt >= retries:
                 raise error
             delay = self._retry_delay(attempt, retry_headers)
-            self._log_retry(attempt, delay, str(error))
+            self._log_retry(attempt, retries, delay, str(error))
             _sleep(delay)
             attempt += 1
 
@@ -266,13 +273,14 @@ class AsyncHTTPTransport(_RemoteBase, AsyncBaseTransport):
 
     async def handle_async_request(self, request: ChatRequest) -> AsyncTransportResponse:
         content = self._body(request)
-        headers = self._headers(request.stream)
+        headers = self._headers(request)
+        timeout, retries = self._limits(request)
         attempt = 0
         while True:
             retry_headers: Mapping[str, str] | None = None
             try:
                 response = await self._client.send(
-                    self._client.build_request("POST", self.url, content=content, headers=headers, timeout=self.timeout),
+                    self._client.build_request("POST", self.url, content=content, headers=headers, timeout=timeout),
                     stream=True,
                 )
             except httpx.HTTPError as exc:
@@ -293,10 +301,10 @@ class AsyncHTTPTransport(_RemoteBase, AsyncBaseTransport):
                         raise error
                 finally:
                     await response.aclose()
-            if attempt >= self.max_retries:
+            if attempt >= retries:
                 raise error
             delay = self._retry_delay(attempt, retry_headers)
-            self._log_retry(attempt, delay, str(error))
+            self._log_retry(attempt, retries, delay, str(error))
             await _async_sleep(delay)
             attempt += 1
 

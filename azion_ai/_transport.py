@@ -31,6 +31,12 @@ class ChatRequest:
     payload: Mapping[str, Any]
     lora: str | None = None
     """A LoRA adapter to answer with (local: a configured adapter; remote: vLLM's adapter model name)."""
+    timeout: float | None = None
+    """Seconds for this request (remote: httpx's timeout; local: the wait for each next event)."""
+    max_retries: int | None = None
+    """Retries for this request (remote); None: the client's."""
+    extra_headers: Mapping[str, str] | None = None
+    """HTTP headers for this request only (remote)."""
 
     @property
     def stream(self) -> bool:

@@ -545,3 +545,46 @@ def test_async_local_backend_under_trio(tiny_dirs):
             assert again.choices[0].message.content == whole.choices[0].message.content
 
     trio.run(main)
+
+
+def test_a_per_request_timeout_cancels_a_stalled_generation(local_ai, monkeypatch):
+    import time
+
+    from azion_ai._local import _engine
+
+    original = _engine.ResponseBuilder.step
+
+    def slow(self, rows, logprobs=None):
+        time.sleep(0.05)
+        return original(self, rows, logprobs)
+
+    monkeypatch.setattr(_engine.ResponseBuilder, "step", slow)
+    started = time.monotonic()
+    with pytest.raises(azion_ai.APITimeoutError):
+        local_ai.run(QWEN_ID, {**HELLO, "max_tokens": 2000}, timeout=0.5)
+    with pytest.raises(azion_ai.APITimeoutError):  # a stream: each next chunk has the timeout
+        list(local_ai.run(QWEN_ID, {**HELLO, "max_tokens": 2000, "stream": True}, timeout=0.02))
+    monkeypatch.setattr(_engine.ResponseBuilder, "step", original)
+    assert local_ai.run(QWEN_ID, HELLO).usage.completion_tokens == 12  # the worker was freed
+    assert time.monotonic() - started < 60
+
+
+async def test_a_per_request_timeout_async(tiny_dirs, monkeypatch):
+    import time
+
+    from azion_ai import AsyncAI
+    from azion_ai._local import _engine
+
+    original = _engine.ResponseBuilder.step
+    monkeypatch.setattr(_engine.ResponseBuilder, "step", lambda self, rows, logprobs=None: time.sleep(0.05) or original(self, rows, logprobs))
+    async with AsyncAI(backend="local", models={INTERNVL_ID: str(tiny_dirs[INTERNVL_ID])}, device="cpu") as aai:
+        with pytest.raises(azion_ai.APITimeoutError):
+            await aai.run(INTERNVL_ID, {**HELLO, "max_tokens": 2000}, timeout=0.5)
+        monkeypatch.setattr(_engine.ResponseBuilder, "step", original)
+        assert (await aai.run(INTERNVL_ID, HELLO)).usage.completion_tokens == 12
+
+
+def test_extra_headers_are_refused_by_the_local_backend(local_ai):
+    with pytest.raises(azion_ai.LocalBackendError, match="extra_headers"):
+        local_ai.run(QWEN_ID, HELLO, extra_headers={"X-Trace": "1"})
+    assert local_ai.run(QWEN_ID, HELLO, max_retries=0).usage.completion_tokens == 12

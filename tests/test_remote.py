@@ -461,3 +461,41 @@ def test_a_404_from_a_base_url_without_v1_says_so():
     with AI(base_url=BASE, max_retries=0) as client, pytest.raises(azion_ai.NotFoundError) as caught:
         client.run(QWEN, PAYLOAD)
     assert "base_url's path" not in str(caught.value)
+
+
+# -- per-request controls (as openai-python's) ----------------------------------------------------
+
+
+@respx.mock
+def test_per_request_timeout_retries_and_headers(no_sleep):
+    route = respx.post(URL).mock(side_effect=[httpx.Response(503), httpx.Response(503), httpx.Response(200, json=COMPLETION)])
+    with AI(base_url=BASE, token=TOKEN, max_retries=5, timeout=60) as client:
+        with pytest.raises(azion_ai.InternalServerError):
+            client.run(QWEN, PAYLOAD, max_retries=1)  # two tries, both 503
+        assert route.call_count == 2
+        client.run(QWEN, PAYLOAD, timeout=2.5, extra_headers={"X-Trace": "abc", "X-Team": "edge"})
+    last = route.calls.last.request
+    assert last.headers["x-trace"] == "abc" and last.headers["authorization"] == f"Bearer {TOKEN}"
+    assert last.extensions["timeout"] == httpx.Timeout(2.5).as_dict()
+    assert route.calls[0].request.extensions["timeout"] == httpx.Timeout(60).as_dict()
+    assert "x-trace" not in route.calls[0].request.headers  # for that request only
+
+
+@respx.mock
+async def test_per_request_controls_async(no_sleep):
+    route = respx.post(URL).mock(side_effect=[httpx.Response(503), httpx.Response(200, json=COMPLETION)])
+    async with AsyncAI(base_url=BASE, max_retries=0) as client:
+        done = await client.run(QWEN, PAYLOAD, max_retries=1, timeout=3, extra_headers={"X-Trace": "xyz"})
+    assert done.id and route.call_count == 2
+    assert route.calls.last.request.headers["x-trace"] == "xyz"
+    assert route.calls.last.request.extensions["timeout"] == httpx.Timeout(3).as_dict()
+
+
+def test_bad_request_controls_are_refused_before_sending():
+    with AI(base_url=BASE) as client:
+        with pytest.raises(ValueError, match="timeout"):
+            client.run(QWEN, PAYLOAD, timeout=0)
+        with pytest.raises(ValueError, match="max_retries"):
+            client.run(QWEN, PAYLOAD, max_retries=-1)
+        with pytest.raises(TypeError, match="retries"):
+            client.run(QWEN, PAYLOAD, retries=3)  # type: ignore[call-arg]

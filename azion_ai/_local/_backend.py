@@ -21,7 +21,13 @@ from typing import Any
 
 import anyio
 
-from .._exceptions import LocalBackendError, ModelLoadError, ValidationError, ValidationIssue
+from .._exceptions import (
+    APITimeoutError,
+    LocalBackendError,
+    ModelLoadError,
+    ValidationError,
+    ValidationIssue,
+)
 from .._models import ModelInfo, get_model
 from .._transport import (
     AsyncBaseTransport,
@@ -217,6 +223,8 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
 
         model = request.model
         payload = request.payload
+        if request.extra_headers:
+            raise LocalBackendError("extra_headers apply to HTTP requests; the local backend sends none (use the remote backend)")
         n = payload.get("n", 1)
         if isinstance(n, int) and n > self.max_n:
             raise ValidationError(model.id, [ValidationIssue("n", f"{n} choices is over this backend's limit of {self.max_n} (max_n)")])
@@ -286,14 +294,23 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         events: queue.Queue[tuple[str, Any]] = queue.Queue()
         worker, job = self._job(request, events.put)
         worker.submit(job)
-        _value(*events.get())  # started: the prompt fit and generation began
+
+        def next_event() -> tuple[str, Any]:
+            """The job's next event; with a timeout, a stall cancels the job (freeing the worker)."""
+            try:
+                return events.get(timeout=request.timeout)
+            except queue.Empty:
+                job.cancel()
+                raise APITimeoutError(f"the local backend gave nothing for {request.timeout} s; the request was cancelled") from None
+
+        _value(*next_event())  # started: the prompt fit and generation began
         if not request.stream:
-            return TransportResponse(body=_value(*events.get()))
+            return TransportResponse(body=_value(*next_event()))
 
         def chunks() -> Iterator[dict[str, Any]]:
             try:
                 while True:
-                    kind, value = events.get()
+                    kind, value = next_event()
                     value = _value(kind, value)
                     if kind == "done":
                         return
@@ -327,10 +344,18 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         # model loading and image fetching block: keep them off the event loop
         worker, job = await anyio.to_thread.run_sync(self._job, request, emit)
         worker.submit(job)
+
+        async def next_event() -> tuple[str, Any]:
+            try:
+                with anyio.fail_after(request.timeout):
+                    return await receive.receive()
+            except TimeoutError:
+                raise APITimeoutError(f"the local backend gave nothing for {request.timeout} s; the request was cancelled") from None
+
         try:
-            _value(*await receive.receive())
+            _value(*await next_event())
             if not request.stream:
-                body = _value(*await receive.receive())
+                body = _value(*await next_event())
                 done()
                 return AsyncTransportResponse(body=body)
         except BaseException:
@@ -340,7 +365,7 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         async def chunks() -> AsyncIterator[dict[str, Any]]:
             try:
                 while True:
-                    kind, value = await receive.receive()
+                    kind, value = await next_event()
                     value = _value(kind, value)
                     if kind == "done":
                         return
