@@ -40,6 +40,7 @@ from ._exceptions import (
     ValidationError,
     ValidationIssue,
 )
+from ._image import image
 from ._local._images import ImagePolicy
 from ._models import ModelInfo, get_model, list_models, register_model
 from ._streaming import AsyncStream, ChunkAccumulator, Stream
@@ -66,6 +67,7 @@ __all__ = [
     "__version__",
     "run",
     "validate",
+    "image",
     "AI",
     "AsyncAI",
     "Stream",
