@@ -13,7 +13,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any, overload
 
-from ._client import AI, AsyncAI
+from ._client import AI, AsyncAI, RawResponse
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -70,6 +70,7 @@ __all__ = [
     "image",
     "AI",
     "AsyncAI",
+    "RawResponse",
     "Stream",
     "AsyncStream",
     "ChunkAccumulator",

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from collections.abc import Mapping as _Mapping
-from typing import Any, Literal, overload
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import httpx
 from pydantic import ValidationError as PydanticValidationError
@@ -36,6 +37,9 @@ ENV_BASE_URL = "AZION_AI_BASE_URL"
 # Azion's CLI and libraries read); the AI endpoint does not use it, and sending it as a Bearer would
 # hand the whole account to whatever host base_url names (docs/security.md).
 ENV_TOKEN = "AZION_AI_TOKEN"
+
+
+T = TypeVar("T")
 
 
 class RequestOptions(TypedDict, total=False):
@@ -137,17 +141,69 @@ def _completion(body: dict[str, Any]) -> ChatCompletion:
 
 
 def _sync_result(response: TransportResponse) -> ChatCompletion | Stream:
+    request_id = response.headers.get("x-request-id")
     if response.events is not None:
-        return Stream(response.events, response.close)
+        return Stream(response.events, response.close, request_id)
     assert response.body is not None
-    return _completion(response.body)
+    completion = _completion(response.body)
+    completion._request_id = request_id
+    return completion
 
 
 async def _async_result(response: AsyncTransportResponse) -> ChatCompletion | AsyncStream:
+    request_id = response.headers.get("x-request-id")
     if response.events is not None:
-        return AsyncStream(response.events, response.aclose)
+        return AsyncStream(response.events, response.aclose, request_id)
     assert response.body is not None
-    return _completion(response.body)
+    completion = _completion(response.body)
+    completion._request_id = request_id
+    return completion
+
+
+@dataclass(frozen=True)
+class RawResponse(Generic[T]):
+    """What ``with_raw_response.run`` returns: the HTTP status and headers (request id,
+    rate-limit headers), and :meth:`parse` for the usual result (a stream stays open until read
+    or closed)."""
+
+    status_code: int
+    headers: _Mapping[str, str]
+    _parsed: T
+
+    @property
+    def request_id(self) -> str | None:
+        return self.headers.get("x-request-id")
+
+    def parse(self) -> T:
+        return self._parsed
+
+
+class _RawRuns:
+    """``ai.with_raw_response``: ``run`` with the response's status and headers kept."""
+
+    def __init__(self, client: AI) -> None:
+        self._client = client
+
+    def run(
+        self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None, lora: str | None = None, **options: Unpack[RequestOptions]
+    ) -> RawResponse[ChatCompletion | Stream]:
+        client = self._client
+        response = client.transport.handle_request(client._request(model_id, payload, validate, lora, **options))
+        return RawResponse(response.status_code, response.headers, _sync_result(response))
+
+
+class _AsyncRawRuns:
+    """``aai.with_raw_response``: ``await run(...)`` with the response's status and headers kept."""
+
+    def __init__(self, client: AsyncAI) -> None:
+        self._client = client
+
+    async def run(
+        self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None, lora: str | None = None, **options: Unpack[RequestOptions]
+    ) -> RawResponse[ChatCompletion | AsyncStream]:
+        client = self._client
+        response = await client.transport.handle_async_request(client._request(model_id, payload, validate, lora, **options))
+        return RawResponse(response.status_code, response.headers, await _async_result(response))
 
 
 class AI(_ClientBase):
@@ -194,6 +250,11 @@ class AI(_ClientBase):
     @property
     def transport(self) -> BaseTransport:
         return self._transport
+
+    @property
+    def with_raw_response(self) -> _RawRuns:
+        """``ai.with_raw_response.run(...)``: a :class:`RawResponse` (status, headers, ``parse()``)."""
+        return _RawRuns(self)
 
     @overload
     def run(self, model_id: str, payload: StreamingChatPayload, *, validate: bool | None = None, lora: str | None = None, **options: Unpack[RequestOptions]) -> Stream: ...
@@ -272,6 +333,11 @@ class AsyncAI(_ClientBase):
     @property
     def transport(self) -> AsyncBaseTransport:
         return self._transport
+
+    @property
+    def with_raw_response(self) -> _AsyncRawRuns:
+        """``await aai.with_raw_response.run(...)``: a :class:`RawResponse`."""
+        return _AsyncRawRuns(self)
 
     @overload
     async def run(

@@ -220,14 +220,18 @@ class HTTPTransport(_RemoteBase, BaseTransport):
                 error: APIError = self._connection_error(exc)
             else:
                 if response.is_success and request.stream:
-                    return TransportResponse(events=self._events(response), close=response.close)
+                    return TransportResponse(
+                        events=self._events(response), close=response.close, status_code=response.status_code, headers=response.headers
+                    )
                 try:
                     body_bytes = response.read()
                 except httpx.HTTPError as exc:
                     error = self._connection_error(exc)
                 else:
                     if response.is_success:
-                        return TransportResponse(body=self._completion_body(body_bytes))
+                        return TransportResponse(
+                            body=self._completion_body(body_bytes), status_code=response.status_code, headers=response.headers
+                        )
                     error = self._status_error(response, body_bytes)
                     retry_headers = response.headers
                     if not self._retryable_status(response.status_code):
@@ -287,14 +291,18 @@ class AsyncHTTPTransport(_RemoteBase, AsyncBaseTransport):
                 error: APIError = self._connection_error(exc)
             else:
                 if response.is_success and request.stream:
-                    return AsyncTransportResponse(events=self._events(response), aclose=response.aclose)
+                    return AsyncTransportResponse(
+                        events=self._events(response), aclose=response.aclose, status_code=response.status_code, headers=response.headers
+                    )
                 try:
                     body_bytes = await response.aread()
                 except httpx.HTTPError as exc:
                     error = self._connection_error(exc)
                 else:
                     if response.is_success:
-                        return AsyncTransportResponse(body=self._completion_body(body_bytes))
+                        return AsyncTransportResponse(
+                            body=self._completion_body(body_bytes), status_code=response.status_code, headers=response.headers
+                        )
                     error = self._status_error(response, body_bytes)
                     retry_headers = response.headers
                     if not self._retryable_status(response.status_code):

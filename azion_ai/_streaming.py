@@ -285,9 +285,11 @@ def parse_chunk(raw: Any) -> ChatCompletionChunk:
 class Stream:
     """A sync iterator of :class:`ChatCompletionChunk`; also a context manager."""
 
-    def __init__(self, events: Iterator[Any], close: Callable[[], None]) -> None:
+    def __init__(self, events: Iterator[Any], close: Callable[[], None], request_id: str | None = None) -> None:
         self._events = events
         self._close_fn = close
+        self.request_id = request_id
+        """The server's ``x-request-id`` for this stream, if it sent one."""
         self._closed = False
         self._accumulator = ChunkAccumulator()
 
@@ -344,9 +346,10 @@ class Stream:
 class AsyncStream:
     """An async iterator of :class:`ChatCompletionChunk`; also an async context manager."""
 
-    def __init__(self, events: AsyncIterator[Any], aclose: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, events: AsyncIterator[Any], aclose: Callable[[], Awaitable[None]], request_id: str | None = None) -> None:
         self._events = events
         self._aclose_fn = aclose
+        self.request_id = request_id
         self._closed = False
         self._accumulator = ChunkAccumulator()
 

@@ -9,7 +9,7 @@ of chunk dicts plus the function that releases what the stream holds.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._models import ModelInfo
@@ -51,11 +51,18 @@ async def _anoop() -> None:
     return None
 
 
+def _no_headers() -> Mapping[str, str]:
+    return {}
+
+
 @dataclass
 class TransportResponse:
     body: dict[str, Any] | None = None
     events: Iterator[dict[str, Any]] | None = None
     close: Callable[[], None] = _noop
+    status_code: int = 200
+    headers: Mapping[str, str] = field(default_factory=_no_headers)
+    """The HTTP response's headers (remote); empty for the local backend."""
 
 
 @dataclass
@@ -63,6 +70,8 @@ class AsyncTransportResponse:
     body: dict[str, Any] | None = None
     events: AsyncIterator[dict[str, Any]] | None = None
     aclose: Callable[[], Awaitable[None]] = _anoop
+    status_code: int = 200
+    headers: Mapping[str, str] = field(default_factory=_no_headers)
 
 
 class BaseTransport:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from typing_extensions import NotRequired, Required, TypedDict
 
 __all__ = [
@@ -106,6 +106,16 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
+class _Answer(_Model):
+    """A whole answer: it also carries the server's request id (``x-request-id``), if any."""
+
+    _request_id: str | None = PrivateAttr(default=None)
+
+    @property
+    def request_id(self) -> str | None:
+        return self._request_id
+
+
 class FunctionCall(_Model):
     name: str
     arguments: str = "{}"
@@ -139,7 +149,7 @@ class Usage(_Model):
     prompt_tokens_details: Any = None
 
 
-class ChatCompletion(_Model):
+class ChatCompletion(_Answer):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int

@@ -588,3 +588,9 @@ def test_extra_headers_are_refused_by_the_local_backend(local_ai):
     with pytest.raises(azion_ai.LocalBackendError, match="extra_headers"):
         local_ai.run(QWEN_ID, HELLO, extra_headers={"X-Trace": "1"})
     assert local_ai.run(QWEN_ID, HELLO, max_retries=0).usage.completion_tokens == 12
+
+
+def test_raw_responses_from_the_local_backend(local_ai):
+    raw = local_ai.with_raw_response.run(QWEN_ID, HELLO)
+    assert raw.status_code == 200 and dict(raw.headers) == {} and raw.request_id is None
+    assert raw.parse().usage.completion_tokens == 12

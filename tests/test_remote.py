@@ -499,3 +499,40 @@ def test_bad_request_controls_are_refused_before_sending():
             client.run(QWEN, PAYLOAD, max_retries=-1)
         with pytest.raises(TypeError, match="retries"):
             client.run(QWEN, PAYLOAD, retries=3)  # type: ignore[call-arg]
+
+
+# -- raw responses and request ids ------------------------------------------------------------------
+
+
+SSE_BODY = (
+    b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"finish_reason":null}]}\n\n'
+    b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+@respx.mock
+def test_with_raw_response_gives_status_headers_and_the_parsed_result():
+    headers = {"x-request-id": "req-123", "x-ratelimit-remaining-requests": "41"}
+    respx.post(URL).respond(200, json=COMPLETION, headers=headers)
+    with AI(base_url=BASE) as client:
+        raw = client.with_raw_response.run(QWEN, PAYLOAD)
+        assert raw.status_code == 200 and raw.request_id == "req-123"
+        assert raw.headers["x-ratelimit-remaining-requests"] == "41"
+        completion = raw.parse()
+        assert isinstance(completion, ChatCompletion) and completion.request_id == "req-123"
+        assert client.run(QWEN, PAYLOAD).request_id == "req-123"  # plain results carry it too
+        respx.post(URL).respond(200, content=SSE_BODY, headers={**headers, "content-type": "text/event-stream"})
+        raw = client.with_raw_response.run(QWEN, {**PAYLOAD, "stream": True})
+        with raw.parse() as stream:
+            assert isinstance(stream, Stream) and stream.request_id == "req-123"
+            assert "".join(c.choices[0].delta.content or "" for c in stream) == "Hi"
+
+
+@respx.mock
+async def test_with_raw_response_async():
+    respx.post(URL).respond(200, json=COMPLETION, headers={"x-request-id": "req-9"})
+    async with AsyncAI(base_url=BASE) as client:
+        raw = await client.with_raw_response.run(QWEN, PAYLOAD, timeout=5)
+        assert raw.status_code == 200 and raw.request_id == "req-9"
+        assert raw.parse().request_id == "req-9"
