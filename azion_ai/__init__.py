@@ -53,9 +53,18 @@ from ._types import (
     ChoiceDelta,
     ChoiceDeltaToolCall,
     ChunkChoice,
+    Embedding,
+    EmbeddingPayload,
+    EmbeddingResponse,
     FunctionCall,
     Message,
     NonStreamingChatPayload,
+    RerankPayload,
+    RerankResponse,
+    RerankResult,
+    ScorePayload,
+    ScoreResponse,
+    ScoreResult,
     StreamingChatPayload,
     ToolCall,
     Usage,
@@ -84,6 +93,15 @@ __all__ = [
     "NonStreamingChatPayload",
     "ChatCompletion",
     "ChatCompletionChunk",
+    "EmbeddingPayload",
+    "EmbeddingResponse",
+    "Embedding",
+    "RerankPayload",
+    "RerankResponse",
+    "RerankResult",
+    "ScorePayload",
+    "ScoreResponse",
+    "ScoreResult",
     "Choice",
     "ChunkChoice",
     "ChoiceDelta",
@@ -142,10 +160,22 @@ def run(model_id: str, payload: NonStreamingChatPayload) -> ChatCompletion: ...
 
 
 @overload
-def run(model_id: str, payload: ChatPayload | Mapping[str, Any]) -> ChatCompletion | Stream: ...
+def run(model_id: str, payload: EmbeddingPayload) -> EmbeddingResponse: ...
 
 
-def run(model_id: str, payload: ChatPayload | Mapping[str, Any]) -> ChatCompletion | Stream:
+@overload
+def run(model_id: str, payload: RerankPayload) -> RerankResponse: ...
+
+
+@overload
+def run(model_id: str, payload: ScorePayload) -> ScoreResponse: ...
+
+
+@overload
+def run(model_id: str, payload: ChatPayload | Mapping[str, Any]) -> ChatCompletion | Stream | EmbeddingResponse | RerankResponse | ScoreResponse: ...
+
+
+def run(model_id: str, payload: ChatPayload | Mapping[str, Any]) -> ChatCompletion | Stream | EmbeddingResponse | RerankResponse | ScoreResponse:
     """``Azion.AI.run(modelId, payload)``: a module-level client configured from the environment.
 
     ``AZION_AI_BASE_URL`` and ``AZION_AI_TOKEN`` pick the remote endpoint; ``AZION_AI_BACKEND=local``

@@ -43,11 +43,21 @@ def _read_json(ref: str) -> Any:
         raise AzionAIError(f"{ref!r} is not valid JSON: {exc}") from None
 
 
-def _payload(args: argparse.Namespace) -> dict[str, Any]:
+def _payload(args: argparse.Namespace, kind: str = "chat") -> dict[str, Any]:
     if args.json:
         payload = _read_json(args.json)
         if not isinstance(payload, dict):
             raise AzionAIError(f"{args.json!r} must hold a JSON object")
+        if kind != "chat":
+            return payload
+    elif kind == "embeddings":
+        if args.prompt is None:
+            raise AzionAIError("give the text to embed, or a payload with --json FILE")
+        return {"input": args.prompt, "encoding_format": "float"}
+    elif kind == "rerank":
+        if args.prompt is None or not args.document:
+            raise AzionAIError("give a query and at least one --document TEXT (or a payload with --json FILE)")
+        return {"query": args.prompt, "documents": list(args.document)}
     else:
         if args.prompt is None:
             raise AzionAIError("give a prompt, or a payload with --json FILE")
@@ -83,12 +93,14 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    get_model(args.model)
-    payload = _payload(args)
+    model = get_model(args.model)
+    payload = _payload(args, model.kind)
     raw = bool(args.json) or args.jsonl
     with _client(args) as ai:
         result = ai.run(args.model, payload)
-        if payload.get("stream"):
+        if model.kind != "chat":
+            print(result.model_dump_json() if raw else _summary(result))
+        elif payload.get("stream"):
             with result as stream:
                 for chunk in stream:
                     if raw:
@@ -112,10 +124,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _summary(result: Any) -> str:
+    """Embeddings, rerank and score results as short text (--jsonl prints them whole)."""
+    if hasattr(result, "results"):  # rerank
+        return "\n".join(f"{r.relevance_score:.4f}  [{r.index}] {r.document.text if r.document else ''}" for r in result.results)
+    if hasattr(result, "data") and result.data and hasattr(result.data[0], "score"):
+        return "\n".join(f"{s.score:.4f}  [{s.index}]" for s in result.data)
+    lines = []
+    for item in result.data:
+        vector = item.embedding
+        shown = ", ".join(f"{v:.4f}" for v in vector[:4]) if isinstance(vector, list) else vector[:24]
+        lines.append(f"[{item.index}] {len(vector)} dimensions: [{shown}, ...]")
+    return "\n".join(lines)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
-    rows = [("MODEL", "CONTEXT", "TOOLS", "LORA", "INPUTS", "HUGGING FACE")]
+    rows = [("MODEL", "KIND", "CONTEXT", "TOOLS", "LORA", "INPUTS", "LOCAL", "HUGGING FACE")]
     for m in list_models():
-        rows.append((m.id, f"{m.context_length // 1024}k", "yes" if m.tool_calling else "no", "yes" if m.lora else "no", "+".join(m.input_modalities), m.hf_repo))
+        local = "yes" if m.family and m.kind == "chat" else "no"
+        name = m.id + (f" (also {', '.join(m.aliases)})" if m.aliases else "")
+        rows.append((name, m.kind, f"{m.context_length:,}", "yes" if m.tool_calling else "no", "yes" if m.lora else "no", "+".join(m.input_modalities), local, m.hf_repo))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -189,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("prompt", nargs="?")
     run.add_argument("--image", action="append", metavar="PATH_OR_URL", help="add an image (repeatable)")
     run.add_argument("--system", metavar="TEXT")
+    run.add_argument("--document", action="append", metavar="TEXT", help="a document to rank (rerank models; repeatable)")
     run.add_argument("--json", metavar="FILE", help="the whole payload as JSON ('-' for stdin); prints raw JSON lines")
     run.add_argument("--jsonl", action="store_true", help="print the raw response / chunks as JSON lines")
     run.add_argument("--stream", dest="stream", action="store_true", default=None)

@@ -26,7 +26,19 @@ from ._transport import (
     ChatRequest,
     TransportResponse,
 )
-from ._types import ChatCompletion, ChatPayload, NonStreamingChatPayload, StreamingChatPayload
+from ._types import (
+    ChatCompletion,
+    ChatPayload,
+    EmbeddingPayload,
+    EmbeddingResponse,
+    NonStreamingChatPayload,
+    RerankPayload,
+    RerankResponse,
+    ScorePayload,
+    ScoreResponse,
+    StreamingChatPayload,
+    _Answer,
+)
 from ._validation import validate_payload
 
 __all__ = ["AI", "AsyncAI"]
@@ -128,36 +140,43 @@ class _ClientBase:
         return f"{type(self).__name__}(backend={self.backend!r}, transport={self._transport!r})"
 
 
-def _completion(body: dict[str, Any]) -> ChatCompletion:
+_ANSWERS: dict[str, type[_Answer]] = {
+    "chat/completions": ChatCompletion,
+    "embeddings": EmbeddingResponse,
+    "rerank": RerankResponse,
+    "score": ScoreResponse,
+}
+
+
+def _answer(body: dict[str, Any], endpoint: str, request_id: str | None) -> Any:
+    model = _ANSWERS[endpoint]
     try:
-        return ChatCompletion.model_validate(body)
+        answer = model.model_validate(body)
     except PydanticValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise APIResponseValidationError(
-            f"server answered with something that is not a chat.completion ({where}: {first['msg']})",
+            f"server answered with something that is not a {endpoint} response ({where}: {first['msg']})",
             body=body,
         ) from None
+    answer._request_id = request_id
+    return answer
 
 
-def _sync_result(response: TransportResponse) -> ChatCompletion | Stream:
+def _sync_result(response: TransportResponse, endpoint: str = "chat/completions") -> Any:
     request_id = response.headers.get("x-request-id")
     if response.events is not None:
         return Stream(response.events, response.close, request_id)
     assert response.body is not None
-    completion = _completion(response.body)
-    completion._request_id = request_id
-    return completion
+    return _answer(response.body, endpoint, request_id)
 
 
-async def _async_result(response: AsyncTransportResponse) -> ChatCompletion | AsyncStream:
+async def _async_result(response: AsyncTransportResponse, endpoint: str = "chat/completions") -> Any:
     request_id = response.headers.get("x-request-id")
     if response.events is not None:
         return AsyncStream(response.events, response.aclose, request_id)
     assert response.body is not None
-    completion = _completion(response.body)
-    completion._request_id = request_id
-    return completion
+    return _answer(response.body, endpoint, request_id)
 
 
 @dataclass(frozen=True)
@@ -186,10 +205,11 @@ class _RawRuns:
 
     def run(
         self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None, lora: str | None = None, **options: Unpack[RequestOptions]
-    ) -> RawResponse[ChatCompletion | Stream]:
+    ) -> RawResponse[Any]:
         client = self._client
-        response = client.transport.handle_request(client._request(model_id, payload, validate, lora, **options))
-        return RawResponse(response.status_code, response.headers, _sync_result(response))
+        request = client._request(model_id, payload, validate, lora, **options)
+        response = client.transport.handle_request(request)
+        return RawResponse(response.status_code, response.headers, _sync_result(response, request.endpoint))
 
 
 class _AsyncRawRuns:
@@ -200,10 +220,11 @@ class _AsyncRawRuns:
 
     async def run(
         self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None, lora: str | None = None, **options: Unpack[RequestOptions]
-    ) -> RawResponse[ChatCompletion | AsyncStream]:
+    ) -> RawResponse[Any]:
         client = self._client
-        response = await client.transport.handle_async_request(client._request(model_id, payload, validate, lora, **options))
-        return RawResponse(response.status_code, response.headers, await _async_result(response))
+        request = client._request(model_id, payload, validate, lora, **options)
+        response = await client.transport.handle_async_request(request)
+        return RawResponse(response.status_code, response.headers, await _async_result(response, request.endpoint))
 
 
 class AI(_ClientBase):
@@ -266,12 +287,27 @@ class AI(_ClientBase):
 
     @overload
     def run(
+        self, model_id: str, payload: EmbeddingPayload, *, validate: bool | None = None, lora: str | None = None, **options: Unpack[RequestOptions]
+    ) -> EmbeddingResponse: ...
+
+    @overload
+    def run(
+        self, model_id: str, payload: RerankPayload, *, validate: bool | None = None, lora: str | None = None, **options: Unpack[RequestOptions]
+    ) -> RerankResponse: ...
+
+    @overload
+    def run(
+        self, model_id: str, payload: ScorePayload, *, validate: bool | None = None, lora: str | None = None, **options: Unpack[RequestOptions]
+    ) -> ScoreResponse: ...
+
+    @overload
+    def run(
         self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None, lora: str | None = None, **options: Unpack[RequestOptions]
-    ) -> ChatCompletion | Stream: ...
+    ) -> ChatCompletion | Stream | EmbeddingResponse | RerankResponse | ScoreResponse: ...
 
     def run(
         self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None, lora: str | None = None, **options: Unpack[RequestOptions]
-    ) -> ChatCompletion | Stream:
+    ) -> ChatCompletion | Stream | EmbeddingResponse | RerankResponse | ScoreResponse:
         """Run ``model_id`` on ``payload`` (the JSON of Azion's JS API).
 
         Returns a ``ChatCompletion``, or a ``Stream`` of chunks when ``payload["stream"]`` is true.
@@ -281,7 +317,7 @@ class AI(_ClientBase):
         (seconds), ``max_retries`` and ``extra_headers`` (remote only).
         """
         request = self._request(model_id, payload, validate, lora, **options)
-        return _sync_result(self._transport.handle_request(request))
+        return _sync_result(self._transport.handle_request(request), request.endpoint)
 
     def close(self) -> None:
         self._transport.close()
@@ -351,15 +387,30 @@ class AsyncAI(_ClientBase):
 
     @overload
     async def run(
+        self, model_id: str, payload: EmbeddingPayload, *, validate: bool | None = None, lora: str | None = None, **options: Unpack[RequestOptions]
+    ) -> EmbeddingResponse: ...
+
+    @overload
+    async def run(
+        self, model_id: str, payload: RerankPayload, *, validate: bool | None = None, lora: str | None = None, **options: Unpack[RequestOptions]
+    ) -> RerankResponse: ...
+
+    @overload
+    async def run(
+        self, model_id: str, payload: ScorePayload, *, validate: bool | None = None, lora: str | None = None, **options: Unpack[RequestOptions]
+    ) -> ScoreResponse: ...
+
+    @overload
+    async def run(
         self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None, lora: str | None = None, **options: Unpack[RequestOptions]
-    ) -> ChatCompletion | AsyncStream: ...
+    ) -> ChatCompletion | AsyncStream | EmbeddingResponse | RerankResponse | ScoreResponse: ...
 
     async def run(
         self, model_id: str, payload: ChatPayload | Mapping[str, Any], *, validate: bool | None = None, lora: str | None = None, **options: Unpack[RequestOptions]
-    ) -> ChatCompletion | AsyncStream:
+    ) -> ChatCompletion | AsyncStream | EmbeddingResponse | RerankResponse | ScoreResponse:
         """Async twin of :meth:`AI.run`; ``await`` it, then ``async for`` over a stream."""
         request = self._request(model_id, payload, validate, lora, **options)
-        return await _async_result(await self._transport.handle_async_request(request))
+        return await _async_result(await self._transport.handle_async_request(request), request.endpoint)
 
     async def aclose(self) -> None:
         await self._transport.aclose()

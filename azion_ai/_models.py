@@ -1,7 +1,8 @@
 """The model registry: what each Azion model id is, what it can do, and its payload schema.
 
-The two seed models come from Azion's model pages; their JSON Schemas are stored verbatim in
-``schemas/`` (shipped inside the wheel as ``azion_ai/schemas``). Users add models with
+Every model on Azion's pages is registered from ``schemas/catalogue.json``; their JSON Schemas
+are stored as published in ``schemas/`` (shipped inside the wheel as ``azion_ai/schemas``; the
+pages' quirks are documented in docs/models.md). Users add models with
 :func:`register_model` as Azion publishes them, without editing the package.
 """
 
@@ -40,6 +41,11 @@ class ModelInfo:
     license: str = ""
     family: str | None = None
     """Architecture family the local backend uses to load it (``qwen2_5_vl``, ``internvl``)."""
+    kind: str = "chat"
+    """What it answers: ``chat`` (/chat/completions), ``embeddings`` (/embeddings) or ``rerank``
+    (/rerank, and /score for the ``{text_1, text_2}`` shape)."""
+    aliases: tuple[str, ...] = ()
+    """Other ids Azion's pages use for it (``Qwen/Qwen3-Embedding-4B``)."""
 
     @property
     def supports_images(self) -> bool:
@@ -60,8 +66,10 @@ def load_bundled_schema(model_id: str) -> dict[str, Any]:
     return schema
 
 
+KINDS = ("chat", "embeddings", "rerank")
 _lock = threading.Lock()
 _registry: dict[str, ModelInfo] = {}
+_aliases: dict[str, str] = {}
 
 
 def register_model(info: ModelInfo, *, replace: bool = False) -> ModelInfo:
@@ -74,10 +82,14 @@ def register_model(info: ModelInfo, *, replace: bool = False) -> ModelInfo:
         raise ValueError(f"model {info.id!r}: context_length must be positive")
     frozen = MappingProxyType(dict(info.schema))
     info = ModelInfo(**{**info.__dict__, "schema": frozen})
+    if info.kind not in KINDS:
+        raise ValueError(f"model {info.id!r}: kind must be one of {', '.join(KINDS)}, got {info.kind!r}")
     with _lock:
         if info.id in _registry and not replace:
             raise ValueError(f"model {info.id!r} is already registered (pass replace=True)")
         _registry[info.id] = info
+        for alias in info.aliases:
+            _aliases[alias] = info.id
     from ._validation import forget_validator
 
     forget_validator(info.id)
@@ -87,7 +99,7 @@ def register_model(info: ModelInfo, *, replace: bool = False) -> ModelInfo:
 def get_model(model_id: str) -> ModelInfo:
     """The registered model with this id, or :class:`UnknownModelError` listing the known ids."""
     try:
-        return _registry[model_id]
+        return _registry[model_id] if model_id in _registry else _registry[_aliases[model_id]]
     except (KeyError, TypeError):
         raise UnknownModelError(str(model_id), sorted(_registry)) from None
 
@@ -96,39 +108,34 @@ def list_models() -> list[ModelInfo]:
     return [_registry[k] for k in sorted(_registry)]
 
 
-def _register_seed_models() -> None:
-    register_model(
-        ModelInfo(
-            id=QWEN25_VL_3B_AWQ,
-            schema=load_bundled_schema(QWEN25_VL_3B_AWQ),
-            name="Qwen2.5 VL AWQ 3B",
-            hf_repo="Qwen/Qwen2.5-VL-3B-Instruct-AWQ",
-            category="VLM",
-            size="3B",
-            context_length=32768,
-            tool_calling=True,
-            lora=True,
-            input_modalities=("text", "image"),
-            license="Apache 2.0",
-            family="qwen2_5_vl",
-        )
-    )
-    register_model(
-        ModelInfo(
-            id=INTERNVL3_1B,
-            schema=load_bundled_schema(INTERNVL3_1B),
-            name="InternVL3 Instruct 1B",
-            hf_repo="OpenGVLab/InternVL3-1B-Instruct",  # Azion's page; original layout, loaded without remote code
-            category="VLM",
-            size="1B",
-            context_length=16384,
-            tool_calling=False,
-            lora=False,  # Azion's page: "Supports LoRA ❌" (the local backend can still load adapters)
-            input_modalities=("text", "image"),
-            license="Apache 2.0",
-            family="internvl",
-        )
-    )
+def _register_catalogue() -> None:
+    """Every model on Azion's pages, from ``schemas/catalogue.json`` (data, not code)."""
+    with (_schema_dir() / "catalogue.json").open(encoding="utf-8") as fh:
+        catalogue = json.load(fh)
+    for entry in catalogue["models"]:
+        entry = dict(entry)
+        schema_file = entry.pop("schema")
+        with (_schema_dir() / schema_file).open(encoding="utf-8") as fh:
+            schema = json.load(fh)
+        entry["input_modalities"] = tuple(entry["input_modalities"])
+        entry["aliases"] = tuple(entry.get("aliases", ()))
+        register_model(ModelInfo(schema=schema, **entry))
 
 
-_register_seed_models()
+def endpoint(model: ModelInfo, payload: Mapping[str, Any]) -> str:
+    """The OpenAI-style path a request goes to, by the model's kind (and, for rerank models,
+    the payload's shape)."""
+    if model.kind == "embeddings":
+        return "embeddings"
+    if model.kind == "rerank":
+        return "score" if "text_1" in payload and "query" not in payload else "rerank"
+    return "chat/completions"
+
+
+def score_schema() -> dict[str, Any]:
+    """The ``{text_1, text_2}`` score request that the reranker's page shows (its own schema
+    requires ``query`` and ``documents``): accepted for rerank models, sent to ``/score``."""
+    return load_bundled_schema("score-payload")
+
+
+_register_catalogue()

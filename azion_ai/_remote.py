@@ -119,7 +119,7 @@ class _RemoteBase:
         self.timeout = DEFAULT_TIMEOUT if timeout is None else httpx.Timeout(timeout)
         self.max_retries = max_retries
         self.default_headers = dict(default_headers or {})
-        self.url = f"{self.base_url}/chat/completions"
+        self.url = f"{self.base_url}/chat/completions"  # for logs; each request goes to base_url + request.endpoint
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
@@ -165,7 +165,10 @@ class _RemoteBase:
         except ValueError:
             body = content.decode("utf-8", errors="replace")
         message = error_message(body)
-        base = response.request.url.path.rsplit("/chat/completions", 1)[0]
+        path = response.request.url.path
+        base = path[: path.rindex("/")] if "/" in path else path
+        if base.endswith("/chat"):
+            base = base[: -len("/chat")]
         if response.status_code == 404 and not base.endswith("/v1"):
             message += f" (base_url's path is {base or '/'!r}; OpenAI-compatible servers such as Azion's starter kit and vLLM serve /v1/...)"
         return make_status_error(
@@ -213,7 +216,7 @@ class HTTPTransport(_RemoteBase, BaseTransport):
             retry_headers: Mapping[str, str] | None = None
             try:
                 response = self._client.send(
-                    self._client.build_request("POST", self.url, content=content, headers=headers, timeout=timeout),
+                    self._client.build_request("POST", f"{self.base_url}/{request.endpoint}", content=content, headers=headers, timeout=timeout),
                     stream=True,
                 )
             except httpx.HTTPError as exc:
@@ -284,7 +287,7 @@ class AsyncHTTPTransport(_RemoteBase, AsyncBaseTransport):
             retry_headers: Mapping[str, str] | None = None
             try:
                 response = await self._client.send(
-                    self._client.build_request("POST", self.url, content=content, headers=headers, timeout=timeout),
+                    self._client.build_request("POST", f"{self.base_url}/{request.endpoint}", content=content, headers=headers, timeout=timeout),
                     stream=True,
                 )
             except httpx.HTTPError as exc:

@@ -42,6 +42,13 @@ class ChatRequest:
     def stream(self) -> bool:
         return bool(self.payload.get("stream", False))
 
+    @property
+    def endpoint(self) -> str:
+        """``chat/completions``, ``embeddings``, ``rerank`` or ``score``: by the model's kind."""
+        from ._models import endpoint
+
+        return endpoint(self.model, self.payload)
+
 
 def _noop() -> None:
     return None

@@ -17,6 +17,15 @@ __all__ = [
     "NonStreamingChatPayload",
     "ChatCompletion",
     "ChatCompletionChunk",
+    "EmbeddingPayload",
+    "RerankPayload",
+    "ScorePayload",
+    "EmbeddingResponse",
+    "Embedding",
+    "RerankResponse",
+    "RerankResult",
+    "ScoreResponse",
+    "ScoreResult",
     "Choice",
     "ChunkChoice",
     "Message",
@@ -97,6 +106,30 @@ class NonStreamingChatPayload(_PayloadBase):
 
 class ChatPayload(_PayloadBase, total=False):
     stream: bool
+
+
+class EmbeddingPayload(TypedDict, total=False):
+    """``qwen-qwen3-embedding-4b``'s payload (OpenAI's embeddings request)."""
+
+    input: Required[Union[str, list[str], list[int], list[list[int]]]]  # noqa: UP007
+    encoding_format: Literal["float", "base64"]
+    dimensions: Literal[256, 512, 1024, 2048, 4096]
+
+
+class RerankPayload(TypedDict, total=False):
+    """``baai-bge-reranker-v2-m3``'s rerank payload."""
+
+    query: Required[str]
+    documents: Required[list[str]]
+    top_n: int
+    max_tokens_per_doc: int
+
+
+class ScorePayload(TypedDict):
+    """The reranker page's score payload (sent to /score)."""
+
+    text_1: Union[str, list[str]]  # noqa: UP007
+    text_2: Union[str, list[str]]  # noqa: UP007
 
 
 # -- responses ----------------------------------------------------------------------------------
@@ -193,3 +226,64 @@ class ChatCompletionChunk(_Model):
     model: str
     choices: list[ChunkChoice] = Field(default_factory=list)
     usage: Usage | None = None
+
+
+# -- embeddings, rerank, score (vLLM's /v1/embeddings, /v1/rerank, /v1/score) --------------------
+
+
+class Embedding(_Model):
+    index: int
+    object: Literal["embedding"] = "embedding"
+    embedding: Union[list[float], str]  # noqa: UP007  # str: base64 (encoding_format "base64")
+
+
+class EmbeddingUsage(_Model):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+    completion_tokens: int | None = 0
+    prompt_tokens_details: Any = None
+
+
+class EmbeddingResponse(_Answer):
+    id: str | None = None
+    object: Literal["list"] = "list"
+    created: int | None = None
+    model: str
+    data: list[Embedding]
+    usage: EmbeddingUsage | None = None
+
+
+class RerankDocument(_Model):
+    text: str
+
+
+class RerankResult(_Model):
+    index: int
+    document: RerankDocument | None = None
+    relevance_score: float
+
+
+class RerankUsage(_Model):
+    total_tokens: int = 0
+
+
+class RerankResponse(_Answer):
+    id: str | None = None
+    model: str
+    usage: RerankUsage | None = None
+    results: list[RerankResult]
+
+
+class ScoreResult(_Model):
+    index: int
+    object: Literal["score"] = "score"
+    score: float
+
+
+class ScoreResponse(_Answer):
+    id: str | None = None
+    object: Literal["list"] = "list"
+    created: int | None = None
+    model: str
+    data: list[ScoreResult]
+    usage: Any = None

@@ -425,6 +425,31 @@ def _not_plain_json(payload: Any, limit: int = MAX_DEPTH) -> ValidationIssue | N
     return None
 
 
+# -- the score shape of rerank models ---------------------------------------------------------
+
+_score_models: dict[str, ModelInfo] = {}
+
+
+def is_score_request(model: ModelInfo, payload: Mapping[str, Any]) -> bool:
+    """A rerank model's ``{text_1, text_2}`` request (the page's score example), for /score."""
+    from ._models import endpoint
+
+    return endpoint(model, payload) == "score"
+
+
+def _score_model(model: ModelInfo) -> ModelInfo:
+    """The rerank model with the score shape's schema (its page's own schema rejects that shape)."""
+    score = _score_models.get(model.id)
+    if score is None:
+        import dataclasses
+
+        from ._models import score_schema
+
+        score = dataclasses.replace(model, id=f"{model.id}#score", schema=score_schema())
+        _score_models[model.id] = score
+    return score
+
+
 # -- the OpenAI parameters Azion's schemas leave open -----------------------------------------
 
 _openai_validator: list[Draft7Validator] = []
@@ -506,18 +531,22 @@ def validate_payload(
             )
         payload = dict(payload)
     payload = _without_empty_tool_calls(payload)
+    chat, model_id = model.kind == "chat", model.id
+    if is_score_request(model, payload):
+        model = _score_model(model)
     issues: list[ValidationIssue] = []
     check = _fast_checks.get(model.id) or _fast_check_for(model)
     if not check(payload):
         problem = _not_plain_json(payload)
         if problem is not None:
-            raise ValidationError(model.id, [problem])
+            raise ValidationError(model_id, [problem])
         validator = _validator_for(model)
         for error in sorted(validator.iter_errors(payload), key=lambda e: list(map(str, e.absolute_path))):
             issues.extend(_issues(error))
     schemes = frozenset(s.lower() for s in extra_url_schemes) if extra_url_schemes else _NO_SCHEMES
-    for issue in [*_semantic_issues(payload, model, schemes), *_openai_issues(payload, model)]:
+    extra = [*_semantic_issues(payload, model, schemes), *_openai_issues(payload, model)] if chat else []
+    for issue in extra:
         if issue not in issues:
             issues.append(issue)
     if issues:
-        raise ValidationError(model.id, issues)
+        raise ValidationError(model_id, issues)

@@ -7,15 +7,20 @@ import sys
 import pytest
 from conftest import INTERNVL_ID, QWEN_ID
 
+import azion_ai
 from azion_ai._cli import main
 
 
 def test_models_table(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    assert QWEN_ID in out and "32k" in out and "16k" in out
+    assert QWEN_ID in out and "32,768" in out and "16,384" in out
     line = next(line for line in out.splitlines() if line.startswith(INTERNVL_ID))
-    assert " no " in line  # no tool calling
+    assert " no " in line and "OpenGVLab/InternVL3-1B-Instruct" in line  # no tool calling, no LoRA
+    for model in azion_ai.list_models():  # the whole catalogue, with its kind
+        row = next(line for line in out.splitlines() if line.startswith(model.id))
+        assert model.kind in row
+    assert "(also Qwen/Qwen3-Embedding-4B)" in out
 
 
 def test_validate_exit_codes(tmp_path, capsys):

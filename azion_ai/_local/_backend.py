@@ -175,22 +175,33 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         """Load ``model_id`` now rather than on its first request."""
         self._worker(get_model(model_id))
 
+    @staticmethod
+    def _runs_here(model: ModelInfo) -> None:
+        """Only chat models of a family this backend has (Qwen2.5-VL, InternVL3) run locally; any
+        other catalogue model is an error before anything loads."""
+        if model.kind != "chat" or model.family is None:
+            what = "an embedding model" if model.kind == "embeddings" else "a reranker" if model.kind == "rerank" else "a model whose architecture the local backend does not have"
+            raise LocalBackendError(
+                f"{model.id!r} is {what}: the local backend runs the Qwen2.5-VL family and InternVL3 only. "
+                "Use the remote backend for it: AI(base_url='https://<app>.map.azionedge.net/v1')"
+            )
+
     def _worker(self, model: ModelInfo) -> Any:
         if self._closed:
             raise LocalBackendError("this local backend is closed")
         worker = self._workers.get(model.id)
         if worker is not None:
             return worker
+        self._runs_here(model)
         with self._lock:
             lock = self._load_locks.setdefault(model.id, threading.Lock())
         with lock:
             worker = self._workers.get(model.id)
             if worker is None:
-                if model.family is None:
-                    raise ModelLoadError(f"model {model.id!r} has no local architecture (ModelInfo.family)")
                 from ._engine import ModelWorker
                 from ._loading import load_model
 
+                assert model.family is not None  # _runs_here checked it
                 loaded = load_model(model.id, model.family, self.model_path(model.id), self.device, self.awq_kernel)
                 worker = ModelWorker(loaded, self.generation_options)
                 self._workers[model.id] = worker
@@ -223,6 +234,7 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
 
         model = request.model
         payload = request.payload
+        self._runs_here(model)
         if request.extra_headers:
             raise LocalBackendError("extra_headers apply to HTTP requests; the local backend sends none (use the remote backend)")
         n = payload.get("n", 1)
