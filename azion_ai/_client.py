@@ -7,8 +7,7 @@ transport (remote HTTP or the in-process local backend) only ever sees valid req
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from collections.abc import Mapping as _Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar, overload
 
@@ -59,7 +58,7 @@ class RequestOptions(TypedDict, total=False):
 
     timeout: float
     max_retries: int
-    extra_headers: _Mapping[str, str]
+    extra_headers: Mapping[str, str]
 ENV_BACKEND = "AZION_AI_BACKEND"
 
 
@@ -81,7 +80,7 @@ class _ClientBase:
         backend: Backend | None,
         remote_class: Any,
         http_client: Any,
-        base_url: str | None,
+        base_url: str | Sequence[str] | None,
         token: str | None,
         timeout: float | httpx.Timeout | None,
         max_retries: int,
@@ -101,6 +100,8 @@ class _ClientBase:
             if local_options:
                 raise TypeError(f"unexpected argument(s) for the remote backend: {', '.join(sorted(local_options))}")
             base_url = base_url or os.environ.get(ENV_BASE_URL)
+            if isinstance(base_url, str) and "," in base_url:  # a fleet: "https://a/v1,https://b/v1"
+                base_url = [u.strip() for u in base_url.split(",") if u.strip()]
             if not base_url:
                 raise ValueError(
                     "no base_url: pass AI(base_url='https://<app>.map.azionedge.net/v1') or set "
@@ -186,7 +187,7 @@ class RawResponse(Generic[T]):
     or closed)."""
 
     status_code: int
-    headers: _Mapping[str, str]
+    headers: Mapping[str, str]
     _parsed: T
 
     @property
@@ -238,7 +239,7 @@ class AI(_ClientBase):
         self,
         *,
         backend: Backend | None = None,
-        base_url: str | None = None,
+        base_url: str | Sequence[str] | None = None,
         token: str | None = None,
         timeout: float | httpx.Timeout | None = None,
         max_retries: int = 2,
@@ -336,7 +337,7 @@ class AsyncAI(_ClientBase):
         self,
         *,
         backend: Backend | None = None,
-        base_url: str | None = None,
+        base_url: str | Sequence[str] | None = None,
         token: str | None = None,
         timeout: float | httpx.Timeout | None = None,
         max_retries: int = 2,

@@ -8,11 +8,12 @@ exceptions are mapped onto ``azion_ai``'s at this edge and never escape.
 from __future__ import annotations
 
 import email.utils
+import itertools
 import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -42,6 +43,7 @@ DEFAULT_MAX_RETRIES = 2
 INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
 MAX_RETRY_AFTER = 60.0
+FAILOVER_COOLDOWN = 30.0  # seconds a base URL that failed is tried after the others
 RETRY_STATUSES = frozenset({408, 409, 429})
 USER_AGENT = f"azion-ai-python/{__version__}"
 _sleep = time.sleep  # module-level so tests can record retry delays without sleeping
@@ -106,7 +108,7 @@ class _RemoteBase:
     def __init__(
         self,
         *,
-        base_url: str,
+        base_url: str | Sequence[str],
         token: str | None = None,
         timeout: float | httpx.Timeout | None = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
@@ -114,7 +116,15 @@ class _RemoteBase:
     ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
-        self.base_url = normalise_base_url(base_url)
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not urls:
+            raise ValueError("base_url: give at least one URL")
+        # A fleet: each request starts at the next URL (round-robin) and fails over to the others
+        # on connection errors, timeouts and 5xx; a URL that failed is tried last for a while.
+        self.base_urls = [normalise_base_url(u) for u in urls]
+        self.base_url = self.base_urls[0]
+        self._turn = itertools.count()
+        self._down_until: dict[str, float] = {}
         self._token = Secret(token) if token else None
         self.timeout = DEFAULT_TIMEOUT if timeout is None else httpx.Timeout(timeout)
         self.max_retries = max_retries
@@ -122,7 +132,26 @@ class _RemoteBase:
         self.url = f"{self.base_url}/chat/completions"  # for logs; each request goes to base_url + request.endpoint
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(base_url={self.base_url!r})"
+        shown = self.base_url if len(self.base_urls) == 1 else self.base_urls
+        return f"{type(self).__name__}(base_url={shown!r})"
+
+    def _plan(self) -> list[str]:
+        """The base URLs for one request, in the order to try them: round-robin from the next
+        one, those that failed lately (FAILOVER_COOLDOWN) last."""
+        start = next(self._turn) % len(self.base_urls)
+        order = self.base_urls[start:] + self.base_urls[:start]
+        now = time.monotonic()
+        return [u for u in order if self._down_until.get(u, 0) <= now] + [u for u in order if self._down_until.get(u, 0) > now]
+
+    def _failed(self, base_url: str, error: APIError) -> bool:
+        """Note a failure; True when the next URL should be tried at once (a connection error,
+        a timeout or a 5xx), False when it is the request's fault or a rate limit (retry with
+        backoff instead)."""
+        status = getattr(error, "status_code", None)
+        if isinstance(error, APIConnectionError) or (isinstance(status, int) and status >= 500):
+            self._down_until[base_url] = time.monotonic() + FAILOVER_COOLDOWN
+            return len(self.base_urls) > 1
+        return False
 
     def _headers(self, request: ChatRequest) -> dict[str, str]:
         headers = {
@@ -214,33 +243,38 @@ class HTTPTransport(_RemoteBase, BaseTransport):
         attempt = 0
         while True:
             retry_headers: Mapping[str, str] | None = None
-            try:
-                response = self._client.send(
-                    self._client.build_request("POST", f"{self.base_url}/{request.endpoint}", content=content, headers=headers, timeout=timeout),
-                    stream=True,
-                )
-            except httpx.HTTPError as exc:
-                error: APIError = self._connection_error(exc)
-            else:
-                if response.is_success and request.stream:
-                    return TransportResponse(
-                        events=self._events(response), close=response.close, status_code=response.status_code, headers=response.headers
-                    )
+            for base_url in self._plan():
+                retry_headers = None
                 try:
-                    body_bytes = response.read()
+                    response = self._client.send(
+                        self._client.build_request("POST", f"{base_url}/{request.endpoint}", content=content, headers=headers, timeout=timeout),
+                        stream=True,
+                    )
                 except httpx.HTTPError as exc:
-                    error = self._connection_error(exc)
+                    error: APIError = self._connection_error(exc)
                 else:
-                    if response.is_success:
+                    if response.is_success and request.stream:  # from here on, never replayed
                         return TransportResponse(
-                            body=self._completion_body(body_bytes), status_code=response.status_code, headers=response.headers
+                            events=self._events(response), close=response.close, status_code=response.status_code, headers=response.headers
                         )
-                    error = self._status_error(response, body_bytes)
-                    retry_headers = response.headers
-                    if not self._retryable_status(response.status_code):
-                        raise error
-                finally:
-                    response.close()
+                    try:
+                        body_bytes = response.read()
+                    except httpx.HTTPError as exc:
+                        error = self._connection_error(exc)
+                    else:
+                        if response.is_success:
+                            self._down_until.pop(base_url, None)
+                            return TransportResponse(
+                                body=self._completion_body(body_bytes), status_code=response.status_code, headers=response.headers
+                            )
+                        error = self._status_error(response, body_bytes)
+                        retry_headers = response.headers
+                        if not self._retryable_status(response.status_code):
+                            raise error
+                    finally:
+                        response.close()
+                if not self._failed(base_url, error):
+                    break
             if attempt >= retries:
                 raise error
             delay = self._retry_delay(attempt, retry_headers)
@@ -285,33 +319,38 @@ class AsyncHTTPTransport(_RemoteBase, AsyncBaseTransport):
         attempt = 0
         while True:
             retry_headers: Mapping[str, str] | None = None
-            try:
-                response = await self._client.send(
-                    self._client.build_request("POST", f"{self.base_url}/{request.endpoint}", content=content, headers=headers, timeout=timeout),
-                    stream=True,
-                )
-            except httpx.HTTPError as exc:
-                error: APIError = self._connection_error(exc)
-            else:
-                if response.is_success and request.stream:
-                    return AsyncTransportResponse(
-                        events=self._events(response), aclose=response.aclose, status_code=response.status_code, headers=response.headers
-                    )
+            for base_url in self._plan():
+                retry_headers = None
                 try:
-                    body_bytes = await response.aread()
+                    response = await self._client.send(
+                        self._client.build_request("POST", f"{base_url}/{request.endpoint}", content=content, headers=headers, timeout=timeout),
+                        stream=True,
+                    )
                 except httpx.HTTPError as exc:
-                    error = self._connection_error(exc)
+                    error: APIError = self._connection_error(exc)
                 else:
-                    if response.is_success:
+                    if response.is_success and request.stream:  # from here on, never replayed
                         return AsyncTransportResponse(
-                            body=self._completion_body(body_bytes), status_code=response.status_code, headers=response.headers
+                            events=self._events(response), aclose=response.aclose, status_code=response.status_code, headers=response.headers
                         )
-                    error = self._status_error(response, body_bytes)
-                    retry_headers = response.headers
-                    if not self._retryable_status(response.status_code):
-                        raise error
-                finally:
-                    await response.aclose()
+                    try:
+                        body_bytes = await response.aread()
+                    except httpx.HTTPError as exc:
+                        error = self._connection_error(exc)
+                    else:
+                        if response.is_success:
+                            self._down_until.pop(base_url, None)
+                            return AsyncTransportResponse(
+                                body=self._completion_body(body_bytes), status_code=response.status_code, headers=response.headers
+                            )
+                        error = self._status_error(response, body_bytes)
+                        retry_headers = response.headers
+                        if not self._retryable_status(response.status_code):
+                            raise error
+                    finally:
+                        await response.aclose()
+                if not self._failed(base_url, error):
+                    break
             if attempt >= retries:
                 raise error
             delay = self._retry_delay(attempt, retry_headers)

@@ -171,3 +171,57 @@ def test_token_never_appears_anywhere(faulty, caplog, no_sleep, capsys):
     assert caplog.text  # the logs were captured and scanned
     for text in seen:
         assert TOKEN not in text
+
+
+# -- a fleet: base_url as a list -----------------------------------------------------------------
+
+
+def test_a_fleet_fails_over_on_connection_errors_and_5xx(faulty, no_sleep):
+    fleet = [f"http://127.0.0.1:{closed_port()}/v1", faulty.url("always-503"), faulty.url("ok")]
+    before = {m: tries(faulty, m) for m in ("always-503", "ok")}
+    with AI(base_url=fleet, max_retries=0) as ai:
+        assert ai.run(MODEL, PAYLOAD).choices[0].message.content == "ok"
+        assert tries(faulty, "always-503") == before["always-503"] + 1 and tries(faulty, "ok") == before["ok"] + 1
+        assert no_sleep == []  # failing over waits for nothing
+        # the URLs that failed are tried last for a while: the next requests go straight to "ok"
+        for _ in range(3):
+            ai.run(MODEL, PAYLOAD)
+    assert tries(faulty, "always-503") == before["always-503"] + 1 and tries(faulty, "ok") == before["ok"] + 4
+
+
+def test_a_fleet_spreads_requests_round_robin(faulty):
+    with AI(base_url=[faulty.url("ok"), faulty.url("slow")], max_retries=0, timeout=30) as ai:
+        before = (tries(faulty, "ok"), tries(faulty, "slow"))
+        for _ in range(4):
+            ai.run(MODEL, PAYLOAD)
+    assert (tries(faulty, "ok") - before[0], tries(faulty, "slow") - before[1]) == (2, 2)
+
+
+def test_a_fleet_does_not_fail_over_on_the_requests_own_errors(faulty, no_sleep):
+    before = (tries(faulty, "html"), tries(faulty, "ok"))
+    with AI(base_url=[faulty.url("html"), faulty.url("ok")], max_retries=0) as ai, pytest.raises(azion_ai.APIError):
+        ai.run(MODEL, PAYLOAD)
+    assert tries(faulty, "ok") == before[1]  # a bad answer (not a 5xx / connection error) is not replayed elsewhere
+
+
+def test_a_fleet_never_replays_a_stream_that_delivered_data(faulty):
+    before = (tries(faulty, "reset-mid-stream"), tries(faulty, "ok"))
+    with AI(base_url=[faulty.url("reset-mid-stream"), faulty.url("ok")], max_retries=3) as ai:
+        stream = ai.run(MODEL, STREAM)
+        with pytest.raises(azion_ai.APIError):
+            list(stream)
+    assert tries(faulty, "reset-mid-stream") == before[0] + 1 and tries(faulty, "ok") == before[1]
+
+
+async def test_a_fleet_fails_over_async(faulty, no_sleep):
+    fleet = [f"http://127.0.0.1:{closed_port()}/v1", faulty.url("ok")]
+    async with AsyncAI(base_url=fleet, max_retries=0) as ai:
+        done = await ai.run(MODEL, PAYLOAD)
+    assert done.choices[0].message.content == "ok"
+
+
+def test_a_fleet_from_the_environment(faulty, monkeypatch):
+    monkeypatch.setenv("AZION_AI_BASE_URL", f"{faulty.url('ok')}, {faulty.url('ok')}")
+    with AI() as ai:
+        assert len(ai.transport.base_urls) == 2
+        assert ai.run(MODEL, PAYLOAD).choices[0].message.content == "ok"
