@@ -138,3 +138,17 @@ def test_the_cli_runs_embeddings_and_rerank(server, capsys):
     assert main(argv) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert "[1]" in first and DOCS[0] in first  # the document sharing the query's words ranks first
+
+
+@pytest.mark.local
+@pytest.mark.parametrize("model_id", ["qwen-qwen25-vl-7b-instruct-awq", "nanonets/Nanonets-OCR-s"])
+def test_the_qwen25_vl_family_runs_locally_under_its_other_ids(tiny_dirs, model_id):
+    """The 7B and Nanonets-OCR-s share the 3B's architecture: the local backend loads them (here
+    the tiny Qwen2.5-VL checkpoint under their ids) and answers with their ids."""
+    pytest.importorskip("torch")
+    from conftest import QWEN_ID, png_data_uri
+
+    payload = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Read it"}, {"type": "image_url", "image_url": {"url": png_data_uri()}}]}], "max_tokens": 4, "temperature": 0}
+    with AI(backend="local", models={model_id: str(tiny_dirs[QWEN_ID])}, device="cpu") as ai:
+        done = ai.run(model_id, payload)
+    assert done.model == model_id and done.usage.completion_tokens == 4
