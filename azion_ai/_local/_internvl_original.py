@@ -32,24 +32,45 @@ _IMAGE_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>", "con
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
-# original name (regex) -> native name; "qkv" entries are split in three along dim 0
-_VISION_RENAMES = [
-    (r"^vision_model\.embeddings\.class_embedding$", "vision_tower.embeddings.cls_token"),
-    (r"^vision_model\.embeddings\.patch_embedding\.(weight|bias)$", r"vision_tower.embeddings.patch_embeddings.projection.\1"),
-    (r"^vision_model\.embeddings\.position_embedding$", "vision_tower.embeddings.position_embeddings"),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.attn\.proj\.(weight|bias)$", r"vision_tower.encoder.layer.\1.attention.projection_layer.\2"),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.attn\.(q_norm|k_norm)\.(weight|bias)$", r"vision_tower.encoder.layer.\1.attention.\2.\3"),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.ls1$", r"vision_tower.encoder.layer.\1.lambda_1"),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.ls2$", r"vision_tower.encoder.layer.\1.lambda_2"),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)$", r"vision_tower.encoder.layer.\1.mlp.\2.\3"),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.norm1\.(weight|bias)$", r"vision_tower.encoder.layer.\1.layernorm_before.\2"),
-    (r"^vision_model\.encoder\.layers\.(\d+)\.norm2\.(weight|bias)$", r"vision_tower.encoder.layer.\1.layernorm_after.\2"),
-    (r"^mlp1\.0\.(weight|bias)$", r"multi_modal_projector.layer_norm.\1"),
-    (r"^mlp1\.1\.(weight|bias)$", r"multi_modal_projector.linear_1.\1"),
-    (r"^mlp1\.3\.(weight|bias)$", r"multi_modal_projector.linear_2.\1"),
-    (r"^(language_model\.(?:model\.|lm_head\.).+)$", r"\1"),
+# One table, read both ways: original name <-> native name. {n} a layer number, {w} weight/bias,
+# {qk} q_norm/k_norm, {fc} fc1/fc2, {rest} the language model's own names (unchanged). The fused
+# vision qkv is the one entry that is not one-to-one (split in three / joined from q, k, v).
+_NAMES = [
+    ("vision_model.embeddings.class_embedding", "vision_tower.embeddings.cls_token"),
+    ("vision_model.embeddings.patch_embedding.{w}", "vision_tower.embeddings.patch_embeddings.projection.{w}"),
+    ("vision_model.embeddings.position_embedding", "vision_tower.embeddings.position_embeddings"),
+    ("vision_model.encoder.layers.{n}.attn.proj.{w}", "vision_tower.encoder.layer.{n}.attention.projection_layer.{w}"),
+    ("vision_model.encoder.layers.{n}.attn.{qk}.{w}", "vision_tower.encoder.layer.{n}.attention.{qk}.{w}"),
+    ("vision_model.encoder.layers.{n}.ls1", "vision_tower.encoder.layer.{n}.lambda_1"),
+    ("vision_model.encoder.layers.{n}.ls2", "vision_tower.encoder.layer.{n}.lambda_2"),
+    ("vision_model.encoder.layers.{n}.mlp.{fc}.{w}", "vision_tower.encoder.layer.{n}.mlp.{fc}.{w}"),
+    ("vision_model.encoder.layers.{n}.norm1.{w}", "vision_tower.encoder.layer.{n}.layernorm_before.{w}"),
+    ("vision_model.encoder.layers.{n}.norm2.{w}", "vision_tower.encoder.layer.{n}.layernorm_after.{w}"),
+    ("mlp1.0.{w}", "multi_modal_projector.layer_norm.{w}"),
+    ("mlp1.1.{w}", "multi_modal_projector.linear_1.{w}"),
+    ("mlp1.3.{w}", "multi_modal_projector.linear_2.{w}"),
+    ("language_model.{rest}", "language_model.{rest}"),
 ]
+_SLOTS = {"n": r"\d+", "w": "weight|bias", "qk": "q_norm|k_norm", "fc": "fc1|fc2", "rest": r"(?:model\.|lm_head\.).+"}
 _QKV = re.compile(r"^vision_model\.encoder\.layers\.(\d+)\.attn\.qkv\.(weight|bias)$")
+_SPLIT = re.compile(r"^vision_tower\.encoder\.layer\.(\d+)\.attention\.[qkv]_proj\.(weight|bias)$")
+
+
+def _pattern(template: str) -> re.Pattern[str]:
+    parts = re.split(r"\{(\w+)\}", template)
+    return re.compile("^" + "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>{_SLOTS[p]})" for i, p in enumerate(parts)) + "$")
+
+
+_FORWARD = [(_pattern(original), native) for original, native in _NAMES]
+_BACKWARD = [(_pattern(native), original) for original, native in _NAMES]
+
+
+def _rename(name: str, table: list[tuple[re.Pattern[str], str]]) -> str | None:
+    for pattern, target in table:
+        match = pattern.match(name)
+        if match:
+            return target.format(**match.groupdict())
+    return None
 
 
 def is_original_layout(config: Mapping[str, Any]) -> bool:
@@ -62,37 +83,19 @@ def native_names(name: str) -> list[str]:
     if match:
         layer, leaf = match.groups()
         return [f"vision_tower.encoder.layer.{layer}.attention.{p}_proj.{leaf}" for p in "qkv"]
-    for pattern, replacement in _VISION_RENAMES:
-        if re.match(pattern, name):
-            return [re.sub(pattern, replacement, name)]
-    return []
+    renamed = _rename(name, _FORWARD)
+    return [renamed] if renamed else []
 
 
 def original_name(native: str) -> str:
     """The inverse of :func:`native_names` for one tensor (q/k/v name the fused qkv)."""
-    match = re.match(r"^vision_tower\.encoder\.layer\.(\d+)\.attention\.[qkv]_proj\.(weight|bias)$", native)
+    match = _SPLIT.match(native)
     if match:
         return f"vision_model.encoder.layers.{match.group(1)}.attn.qkv.{match.group(2)}"
-    inverse = [
-        (r"^vision_tower\.embeddings\.cls_token$", "vision_model.embeddings.class_embedding"),
-        (r"^vision_tower\.embeddings\.patch_embeddings\.projection\.(weight|bias)$", r"vision_model.embeddings.patch_embedding.\1"),
-        (r"^vision_tower\.embeddings\.position_embeddings$", "vision_model.embeddings.position_embedding"),
-        (r"^vision_tower\.encoder\.layer\.(\d+)\.attention\.projection_layer\.(weight|bias)$", r"vision_model.encoder.layers.\1.attn.proj.\2"),
-        (r"^vision_tower\.encoder\.layer\.(\d+)\.attention\.(q_norm|k_norm)\.(weight|bias)$", r"vision_model.encoder.layers.\1.attn.\2.\3"),
-        (r"^vision_tower\.encoder\.layer\.(\d+)\.lambda_1$", r"vision_model.encoder.layers.\1.ls1"),
-        (r"^vision_tower\.encoder\.layer\.(\d+)\.lambda_2$", r"vision_model.encoder.layers.\1.ls2"),
-        (r"^vision_tower\.encoder\.layer\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)$", r"vision_model.encoder.layers.\1.mlp.\2.\3"),
-        (r"^vision_tower\.encoder\.layer\.(\d+)\.layernorm_before\.(weight|bias)$", r"vision_model.encoder.layers.\1.norm1.\2"),
-        (r"^vision_tower\.encoder\.layer\.(\d+)\.layernorm_after\.(weight|bias)$", r"vision_model.encoder.layers.\1.norm2.\2"),
-        (r"^multi_modal_projector\.layer_norm\.(weight|bias)$", r"mlp1.0.\1"),
-        (r"^multi_modal_projector\.linear_1\.(weight|bias)$", r"mlp1.1.\1"),
-        (r"^multi_modal_projector\.linear_2\.(weight|bias)$", r"mlp1.3.\1"),
-        (r"^(language_model\..+)$", r"\1"),
-    ]
-    for pattern, replacement in inverse:
-        if re.match(pattern, native):
-            return re.sub(pattern, replacement, native)
-    raise KeyError(native)
+    renamed = _rename(native, _BACKWARD)
+    if renamed is None:
+        raise KeyError(native)
+    return renamed
 
 
 # -- config ---------------------------------------------------------------------------------------
