@@ -91,7 +91,8 @@ def original_peers(tiny_dirs, tmp_path_factory):
     from azion_ai._local._tiny import build_internvl3_original
 
     where = tmp_path_factory.mktemp("vllm-internvl-original")
-    os.environ.setdefault("AZION_AI_CACHE", str(where / "cache"))
+    cache_before = os.environ.get("AZION_AI_CACHE")
+    os.environ["AZION_AI_CACHE"] = str(where / "cache")  # the conversion's cache: this test's own
     original = build_internvl3_original(tiny_dirs[INTERNVL_ID], where / "InternVL3-1B-Instruct")
     template = where / "original.jinja"
     template.write_text(json.loads((original / "tokenizer_config.json").read_text())["chat_template"])
@@ -103,8 +104,14 @@ def original_peers(tiny_dirs, tmp_path_factory):
     server = vllm_reference.VLLMServer(
         tiny_dirs[INTERNVL_ID], INTERNVL_ID, max_model_len=MAX_MODEL_LEN, extra_args=("--chat-template", str(template)), log_path=where / "vllm.log"
     )
-    with server, AI(backend="local", models={INTERNVL_ID: str(original)}, device="cpu", max_model_len=MAX_MODEL_LEN) as local:
-        yield server, local
+    try:
+        with server, AI(backend="local", models={INTERNVL_ID: str(original)}, device="cpu", max_model_len=MAX_MODEL_LEN) as local:
+            yield server, local
+    finally:
+        if cache_before is None:
+            os.environ.pop("AZION_AI_CACHE", None)
+        else:
+            os.environ["AZION_AI_CACHE"] = cache_before
 
 
 @pytest.mark.parametrize("name", ["plain", "system", "multi_turn", "image_after_text", "image_before_text", "two_images", "images_across_turns"])
