@@ -15,7 +15,7 @@ import httpx
 from pydantic import ValidationError as PydanticValidationError
 from typing_extensions import TypedDict, Unpack
 
-from ._exceptions import APIResponseValidationError
+from ._exceptions import APIResponseValidationError, ClientClosedError
 from ._models import get_model
 from ._streaming import AsyncStream, Stream
 from ._transport import (
@@ -121,6 +121,8 @@ class _ClientBase:
             raise ValueError(f"backend must be 'remote' or 'local', got {self.backend!r}")
 
     def _request(self, model_id: str, payload: Any, validate: bool | None, lora: str | None = None, **options: Any) -> ChatRequest:
+        if getattr(self, "_closed", False):
+            raise ClientClosedError(f"this {type(self).__name__} is closed; make a new client to send requests")
         model = get_model(model_id)
         if self.validate if validate is None else validate:
             schemes = getattr(self._transport, "extra_url_schemes", ())
@@ -321,6 +323,7 @@ class AI(_ClientBase):
         return _sync_result(self._transport.handle_request(request), request.endpoint)
 
     def close(self) -> None:
+        self._closed = True
         self._transport.close()
 
     def __enter__(self) -> AI:
@@ -414,6 +417,7 @@ class AsyncAI(_ClientBase):
         return await _async_result(await self._transport.handle_async_request(request), request.endpoint)
 
     async def aclose(self) -> None:
+        self._closed = True
         await self._transport.aclose()
 
     close = aclose

@@ -12,6 +12,7 @@ from typing import Any
 
 __all__ = [
     "AzionAIError",
+    "ClientClosedError",
     "ValidationError",
     "ValidationIssue",
     "UnknownModelError",
@@ -40,6 +41,10 @@ __all__ = [
 
 class AzionAIError(Exception):
     """Root of every error the SDK raises."""
+
+
+class ClientClosedError(AzionAIError, RuntimeError):
+    """``run`` on a client after ``close()`` / ``aclose()`` (or after its ``with`` block)."""
 
 
 @dataclass(frozen=True)

@@ -391,8 +391,10 @@ def test_closed_backend_refuses_politely(tiny_dirs):
     ai = AI(backend="local", models={INTERNVL_ID: str(tiny_dirs[INTERNVL_ID])}, device="cpu")
     ai.run(INTERNVL_ID, HELLO)
     ai.close()
-    with pytest.raises(azion_ai.LocalBackendError, match="closed"):
+    with pytest.raises(azion_ai.ClientClosedError, match="closed"):  # the client's own error, on every backend
         ai.run(INTERNVL_ID, HELLO)
+    with pytest.raises(azion_ai.LocalBackendError, match="closed"):  # the backend itself refuses too
+        ai.transport.load(INTERNVL_ID)
 
 
 # -- tools ----------------------------------------------------------------------------------------

@@ -536,3 +536,21 @@ async def test_with_raw_response_async():
         raw = await client.with_raw_response.run(QWEN, PAYLOAD, timeout=5)
         assert raw.status_code == 200 and raw.request_id == "req-9"
         assert raw.parse().request_id == "req-9"
+
+
+def test_a_closed_client_raises_the_sdks_own_error():
+    client = AI(base_url=BASE)
+    client.close()
+    with pytest.raises(azion_ai.ClientClosedError, match="closed"):
+        client.run(QWEN, PAYLOAD)
+    with AI(base_url=BASE) as scoped:
+        pass
+    with pytest.raises(azion_ai.AzionAIError):
+        scoped.with_raw_response.run(QWEN, PAYLOAD)
+
+
+async def test_a_closed_async_client_raises_the_sdks_own_error():
+    async with AsyncAI(base_url=BASE) as client:
+        pass
+    with pytest.raises(azion_ai.ClientClosedError):
+        await client.run(QWEN, PAYLOAD)
