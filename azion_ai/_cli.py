@@ -209,7 +209,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="azion-ai", description="Azion's edge AI models from Python: run, validate, serve.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (and third-party logs)")
+    parser.add_argument("--verbose", action="store_true", help="show third-party logs, warnings and progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a model on a prompt (streams the answer)")
@@ -260,9 +261,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+QUIET_ENV = "AZION_AI_QUIET"
+_NOISY = ("torch", "transformers", "gptqmodel", "logbar", "accelerate", "peft", "httpx", "azion_ai")
+
+
+def quiet_third_parties() -> None:
+    """Our output only: torch, transformers, gptqmodel (its banner too) and httpx logging,
+    warnings and progress bars are silenced for the command line and the demo; ``--verbose`` or
+    ``--debug`` keeps them. The local backend reads AZION_AI_QUIET when it loads a model."""
+    import logging
+    import warnings
+
+    os.environ[QUIET_ENV] = "1"
+    for name, value in (("TRANSFORMERS_VERBOSITY", "error"), ("TORCH_CPP_LOG_LEVEL", "ERROR"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
+        os.environ.setdefault(name, value)
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not (args.verbose or args.debug):
+        quiet_third_parties()
     if getattr(args, "backend", None) == "local" and args.model_path is None and not os.environ.get("AZION_AI_MODELS_DIR"):
         parser.error("--backend local needs --model-path DIR or AZION_AI_MODELS_DIR")
     try:

@@ -97,3 +97,23 @@ def test_serve_passes_the_speed_options_to_the_local_backend(monkeypatch, tmp_pa
     assert main(["serve", "--model", f"{QWEN_ID}={tmp_path}", "--chat-template", str(template), "--max-model-len", "2048"]) == 0
     transport = built[-1].client.transport
     assert transport.chat_template == template.read_text() and transport.max_model_len == 2048
+
+
+@pytest.mark.local
+def test_the_demo_prints_our_output_only(tmp_path):
+    """The README's main job: the tour, with no third-party banner, log line, warning or progress
+    bar between our headings (``--verbose`` brings them back)."""
+    pytest.importorskip("torch")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "AZION_AI_QUIET"}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "azion_ai._cli", "demo", "--cache-dir", str(tmp_path)], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr == ""
+    assert "GPT-QModel" not in done.stdout and "INFO" not in done.stdout and "Loading weights" not in done.stdout
+    assert done.stdout.count("\n== ") >= 6 and "azion_ai.ValidationError" in done.stdout
+    import os
+
+    os.environ.pop("AZION_AI_QUIET", None)
+    assert main(["--verbose", "models"]) == 0 and "AZION_AI_QUIET" not in os.environ  # --verbose: nothing quieted

@@ -32,6 +32,21 @@ _ORIGINAL_LAYOUTS = {"internvl": "internvl_chat"}
 IMAGE_PLACEHOLDERS = {"qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>", "internvl": "<IMG_CONTEXT>"}
 
 
+def _quiet() -> bool:
+    return os.environ.get("AZION_AI_QUIET") == "1"
+
+
+def _quiet_stdout() -> Any:
+    """With AZION_AI_QUIET=1 (the command line, the demo): what third parties print while they
+    load goes nowhere; otherwise nothing changes."""
+    import contextlib
+    import io
+
+    if not _quiet():
+        return contextlib.nullcontext()
+    return contextlib.redirect_stdout(io.StringIO())
+
+
 def import_torch() -> Any:
     try:
         import torch
@@ -41,6 +56,8 @@ def import_torch() -> Any:
             "the local backend needs the 'local' extra: pip install 'azion-ai[local]' "
             f"(missing: {exc.name})"
         ) from None
+    if _quiet():  # torch sets its loggers' levels when imported: quiet them after that
+        logging.getLogger("torch").setLevel(logging.ERROR)
     return torch
 
 
@@ -150,7 +167,8 @@ def load_model(
     quant = raw.get("quantization_config") or {}
     if quant.get("quant_method") == "awq":
         try:
-            import gptqmodel  # noqa: F401
+            with _quiet_stdout():  # gptqmodel prints a banner when imported
+                import gptqmodel  # noqa: F401
         except ImportError:
             raise MissingDependencyError(
                 "this checkpoint is AWQ-quantized, which transformers loads only through gptqmodel: "
@@ -175,6 +193,9 @@ def load_model(
         transformers,
         "Qwen2_5_VLForConditionalGeneration" if family == "qwen2_5_vl" else "InternVLForConditionalGeneration",
     )
+    if _quiet():
+        transformers.utils.logging.disable_progress_bar()
+        logging.getLogger("logbar").setLevel(logging.ERROR)
     try:
         # mis-shaped tensors are reported (below, by name) rather than raised from deep inside
         model, info = model_cls.from_pretrained(

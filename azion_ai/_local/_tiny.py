@@ -444,6 +444,9 @@ def default_cache_dir() -> Path:
 def ensure_tiny_checkpoints(cache_dir: str | os.PathLike[str] | None = None, *, full_size: bool = False) -> dict[str, Path]:
     """Build (once, then reuse) the checkpoints (tiny, or the real shapes); model id -> directory."""
     from .._models import INTERNVL3_1B, QWEN25_VL_3B_AWQ
+    from ._loading import import_torch
+
+    import_torch()  # the local extra's check, and (AZION_AI_QUIET) torch's loggers quieted first
 
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     dirs = {QWEN25_VL_3B_AWQ: root / QWEN25_VL_3B_AWQ, INTERNVL3_1B: root / INTERNVL3_1B}
