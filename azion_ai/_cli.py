@@ -284,7 +284,7 @@ def quiet_third_parties() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not (args.verbose or args.debug):
+    if argv is None and not (args.verbose or args.debug):  # the real command line, not a caller's main([...])
         quiet_third_parties()
     if getattr(args, "backend", None) == "local" and args.model_path is None and not os.environ.get("AZION_AI_MODELS_DIR"):
         parser.error("--backend local needs --model-path DIR or AZION_AI_MODELS_DIR")
