@@ -102,7 +102,7 @@ def test_serve_passes_the_speed_options_to_the_local_backend(monkeypatch, tmp_pa
 @pytest.mark.local
 def test_the_demo_prints_our_output_only(tmp_path):
     """The README's main job: the tour, with no third-party banner, log line, warning or progress
-    bar between our headings (``--verbose`` brings them back)."""
+    bar between our headings; ``--verbose`` is accepted (it skips the quieting)."""
     pytest.importorskip("torch")
     env = {k: v for k, v in __import__("os").environ.items() if k != "AZION_AI_QUIET"}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
