@@ -259,8 +259,9 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
             raise ValidationError(model.id, [ValidationIssue(name, NOT_HONOURED[name]) for name in refused])
         worker = self._worker(model)
         loaded = worker.loaded
-        vocab = int(loaded.model.get_output_embeddings().weight.shape[0])
-        for token in payload.get("logit_bias") or {}:
+        bias = payload.get("logit_bias") or {}
+        vocab = int(loaded.model.get_output_embeddings().weight.shape[0]) if bias else 0
+        for token in bias:
             if int(token) >= vocab:
                 raise ValidationError(model.id, [ValidationIssue(f"logit_bias.{token}", f"token id {token} is outside the vocabulary ({vocab} tokens)")])
         params = SamplingParams.resolve(payload, loaded.generation_defaults)

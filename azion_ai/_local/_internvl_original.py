@@ -73,10 +73,6 @@ def _rename(name: str, table: list[tuple[re.Pattern[str], str]]) -> str | None:
     return None
 
 
-def is_original_layout(config: Mapping[str, Any]) -> bool:
-    return config.get("model_type") == "internvl_chat"
-
-
 def native_names(name: str) -> list[str]:
     """The native tensor name(s) for an original one (three for a fused qkv); [] if unknown."""
     match = _QKV.match(name)
