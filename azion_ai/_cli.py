@@ -197,8 +197,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
         speed["any_whitespace"] = False
     if args.tool_strict_level:
         speed["tool_strict_level"] = args.tool_strict_level
+    speed.update(_engine_choice(args))
     serve(models, host=args.host, port=args.port, device=args.device, api_key=api_key, **speed)
     return EXIT_OK
+
+
+def _engine_choice(args: argparse.Namespace) -> dict[str, Any]:
+    """``engine`` and ``engine_options`` from --engine, vLLM's own flags and --engine-option."""
+    options: dict[str, Any] = {}
+    for flag in ("tensor_parallel_size", "pipeline_parallel_size", "gpu_memory_utilization", "max_num_seqs", "dtype", "quantization"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            options[flag] = value
+    if getattr(args, "enforce_eager", False):
+        options["enforce_eager"] = True
+    for item in getattr(args, "engine_option", None) or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--engine-option {item!r}: write KEY=VALUE (VALUE as JSON, or a plain string)")
+        try:
+            options[key.replace("-", "_")] = json.loads(raw)
+        except ValueError:
+            options[key.replace("-", "_")] = raw
+    engine = getattr(args, "engine", "transformers")
+    if options and engine != "vllm":
+        raise ValueError("vLLM's engine options (--tensor-parallel-size, --engine-option, ...) need --engine vllm")
+    return {"engine": engine, "engine_options": options} if engine == "vllm" else {}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -253,6 +277,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-model-len", type=int, metavar="N", help="context length, prompt + output (as vLLM's)")
     serve.add_argument("--disable-any-whitespace", action="store_true", help="structured output (JSON) without free whitespace")
     serve.add_argument("--tool-strict-level", choices=["auto", "function", "parameter"], help="how far tool calls are constrained (as vLLM's)")
+    serve.add_argument("--engine", choices=["transformers", "vllm"], default="transformers", help="what runs the weights (vllm: vLLM's engine in-process)")
+    vllm = serve.add_argument_group("vLLM engine (--engine vllm)", "vLLM's own engine arguments, passed through")
+    vllm.add_argument("--tensor-parallel-size", type=int, metavar="N", help="shard each model over N GPUs")
+    vllm.add_argument("--pipeline-parallel-size", type=int, metavar="N")
+    vllm.add_argument("--gpu-memory-utilization", type=float, metavar="F", help="share of GPU memory vLLM may take (0-1)")
+    vllm.add_argument("--max-num-seqs", type=int, metavar="N", help="requests batched together at most")
+    vllm.add_argument("--dtype", help="auto, float16, bfloat16, float32")
+    vllm.add_argument("--quantization", help="override the checkpoint's own quantization method")
+    vllm.add_argument("--enforce-eager", action="store_true", default=False, help="no CUDA graphs")
+    vllm.add_argument("--engine-option", action="append", metavar="KEY=VALUE", help="any other vLLM engine argument (VALUE as JSON); repeatable")
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="the end-to-end tour: local backend, server and remote transport")

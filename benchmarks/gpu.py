@@ -65,7 +65,7 @@ def run(size: str, device: str, prompt_tokens: int, new_tokens: int, concurrency
     with AI(backend="local", models={k: str(v) for k, v in dirs.items()}, device=device, **speed) as ai:
         for model_id in model_ids:
             ai.transport.load(model_id)  # type: ignore[attr-defined]
-            loaded = ai.transport._workers[model_id].loaded  # type: ignore[attr-defined]
+            loaded = ai.transport._engines[model_id].loaded  # type: ignore[attr-defined]
             label = f"{model_id} [{loaded.awq_kernel}]" if loaded.awq_kernel else model_id
             words = " ".join(["capital"] * prompt_tokens)
             payload = {"messages": [{"role": "user", "content": words}], "max_tokens": new_tokens, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}

@@ -382,7 +382,7 @@ def bench_local(new_tokens: int, rounds: int) -> list[Row]:
             payload = {"messages": [{"role": "user", "content": "Name the european capitals"}], "max_tokens": new_tokens, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
             via_generate.transport.load(model_id)  # type: ignore[attr-defined]
             ai.transport.load(model_id)  # type: ignore[attr-defined]
-            loaded = ai.transport._workers[model_id].loaded  # type: ignore[attr-defined]
+            loaded = ai.transport._engines[model_id].loaded  # type: ignore[attr-defined]
             conv = [{"role": "user", "content": [{"type": "text", "text": payload["messages"][0]["content"]}]}]
             text = loaded.processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
             inputs = loaded.processor(text=[text], return_tensors="pt")

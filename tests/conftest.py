@@ -54,16 +54,16 @@ def local_ai(tiny_dirs):
 @pytest.fixture
 def counted_steps(monkeypatch):
     """The response id of every token step, in order: proof of when a generation stopped."""
-    from azion_ai._local import _engine
+    from azion_ai._local import _response
 
     steps: list[str] = []
-    original = _engine.ResponseBuilder.step
+    original = _response.ResponseBuilder.step
 
     def counting(self, rows, logprobs=None):
         steps.append(self.id)
         return original(self, rows, logprobs)
 
-    monkeypatch.setattr(_engine.ResponseBuilder, "step", counting)
+    monkeypatch.setattr(_response.ResponseBuilder, "step", counting)
     return steps
 
 

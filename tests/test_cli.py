@@ -87,7 +87,9 @@ def test_serve_passes_the_speed_options_to_the_local_backend(monkeypatch, tmp_pa
     argv = ["serve", "--model", f"{QWEN_ID}={tmp_path}", "--device", "cpu", "--compile", "--max-batch-size", "4", "--awq-kernel", "torch_fused_awq"]
     assert main(argv) == 0
     transport = built[0].client.transport
-    assert transport.generation_options == {"static_cache": False, "compile": True, "max_batch_size": 4, "fast_decode": True, "any_whitespace": True}
+    from azion_ai._local._engine_transformers import TransformersOptions
+
+    assert transport.transformers_options == TransformersOptions(static_cache=False, compile=True, max_batch_size=4, fast_decode=True, any_whitespace=True)
     assert transport.awq_kernel == "torch_fused_awq"
     assert started == [{"host": "127.0.0.1", "port": 8000, "log_level": "info"}]
     with pytest.raises(SystemExit):

@@ -26,7 +26,7 @@ def test_awq_uses_a_cuda_kernel_and_generates(full_dirs):
 
     with AI(backend="local", models={k: str(v) for k, v in full_dirs.items()}, device="cuda") as ai:
         ai.transport.load(QWEN_ID)
-        model = ai.transport._workers[QWEN_ID].loaded.model
+        model = ai.transport._engines[QWEN_ID].loaded.model
         q_proj = model.model.language_model.layers[0].self_attn.q_proj
         assert q_proj.qweight.is_cuda
         assert type(q_proj).__name__ != "AwqTorchLinear"  # a CUDA kernel, not the CPU fallback
@@ -62,7 +62,7 @@ def test_cuda_awq_kernels_load_or_say_why(tiny_dirs):
                 assert kernel in str(exc)
                 continue
             assert done.usage.completion_tokens == 6
-            worked[kernel] = ai.transport._workers[QWEN_ID].loaded.awq_kernel
+            worked[kernel] = ai.transport._engines[QWEN_ID].loaded.awq_kernel
     assert "auto" in worked and ({"marlin", "gemm", "exllama_v2"} & set(worked)), worked
 
 

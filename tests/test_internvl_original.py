@@ -119,7 +119,7 @@ def test_the_default_prompt_is_what_vllm_renders_for_these_files(tiny_dirs, orig
     payload = {"messages": [{"role": "user", "content": [{"type": "text", "text": "What?"}, {"type": "image_url", "image_url": {"url": IMAGE}}]}]}
     with AI(backend="local", models={INTERNVL_ID: str(original)}, device="cpu") as ai:
         ai.transport.load(INTERNVL_ID)
-        loaded = ai.transport._workers[INTERNVL_ID].loaded
+        loaded = ai.transport._engines[INTERNVL_ID].loaded
         prompt, _ = render_prompt(loaded.tokenizer, loaded.templates, payload["messages"], None, loaded.image_placeholder)
         assert prompt == (
             "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
@@ -127,7 +127,7 @@ def test_the_default_prompt_is_what_vllm_renders_for_these_files(tiny_dirs, orig
         )
     with AI(backend="local", models={INTERNVL_ID: str(tiny_dirs[INTERNVL_ID])}, device="cpu") as ai:
         ai.transport.load(INTERNVL_ID)
-        loaded = ai.transport._workers[INTERNVL_ID].loaded
+        loaded = ai.transport._engines[INTERNVL_ID].loaded
         prompt, _ = render_prompt(loaded.tokenizer, loaded.templates, payload["messages"], None, loaded.image_placeholder)
         assert prompt == "<|im_start|>user\nWhat?<IMG_CONTEXT>\n<|im_end|>\n<|im_start|>assistant\n"
 

@@ -36,7 +36,7 @@ def image_payload(color, max_tokens=8):
 
 def worker(ai, model_id):
     ai.transport.load(model_id)
-    return ai.transport._workers[model_id]
+    return ai.transport._engines[model_id]
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -256,16 +256,16 @@ def test_greedy_with_several_choices_is_refused_like_vllm(local_ai):
 
 
 def test_default_max_tokens_is_the_rest_of_the_context(local_ai, monkeypatch):
-    from azion_ai._local import _engine
+    from azion_ai._local import _response
 
     seen = []
-    original = _engine.ResponseBuilder.__init__
+    original = _response.ResponseBuilder.__init__
 
-    def spy(self, loaded, model_id, n, tools, max_tokens, prompt_tokens, *rest, **options):
+    def spy(self, tokenizer, eos, model_id, n, max_tokens, prompt_tokens, **options):
         seen.append((max_tokens, prompt_tokens))
-        original(self, loaded, model_id, n, tools, max_tokens, prompt_tokens, *rest, **options)
+        original(self, tokenizer, eos, model_id, n, max_tokens, prompt_tokens, **options)
 
-    monkeypatch.setattr(_engine.ResponseBuilder, "__init__", spy)
+    monkeypatch.setattr(_response.ResponseBuilder, "__init__", spy)
     stream = local_ai.run(INTERNVL_ID, {"messages": HELLO["messages"], "temperature": 0, "stream": True})
     next(stream)
     stream.close()
@@ -410,17 +410,17 @@ WEATHER_TOOL = {
 
 
 def test_tool_loop_renders_hermes_prompt(local_ai, monkeypatch):
-    from azion_ai._local import _engine
+    from azion_ai._local import _engine_transformers
 
     prompts = []
-    original = _engine.ModelWorker._prepare
+    original = _engine_transformers.TransformersEngine._prepare
 
     def spy(self, job):
         inputs = original(self, job)
         prompts.append(self.loaded.tokenizer.decode(inputs["input_ids"][0]))
         return inputs
 
-    monkeypatch.setattr(_engine.ModelWorker, "_prepare", spy)
+    monkeypatch.setattr(_engine_transformers.TransformersEngine, "_prepare", spy)
     call = {"id": "chatcmpl-tool-1", "type": "function", "function": {"name": "get_weather", "arguments": '{"location": "London"}'}}
     payload = {
         "messages": [
@@ -445,10 +445,10 @@ REALISTIC = 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"
 
 
 def _run_builder(loaded, text, stream_pieces):
-    from azion_ai._local._engine import ResponseBuilder
+    from azion_ai._local._response import ResponseBuilder
 
     ids = loaded.tokenizer(text)["input_ids"] + [loaded.tokenizer.convert_tokens_to_ids("<|im_end|>")]
-    builder = ResponseBuilder(loaded, QWEN_ID, 1, True, 1000, 10)
+    builder = ResponseBuilder(loaded.tokenizer, loaded.eos_token_ids, QWEN_ID, 1, 1000, 10, tool_mode="auto")
     for tid in ids:
         chunk = builder.step([tid])
         if chunk:
@@ -530,7 +530,7 @@ def test_async_local_backend_under_trio(tiny_dirs):
             assert [together[i] for i in range(3)] == sequential
 
             steps = []
-            hook = aai.transport._workers[INTERNVL_ID].loaded.model.lm_head.register_forward_hook(lambda *a: steps.append(1))
+            hook = aai.transport._engines[INTERNVL_ID].loaded.model.lm_head.register_forward_hook(lambda *a: steps.append(1))
             try:
                 with trio.move_on_after(0.3) as scope:
                     long = await aai.run(INTERNVL_ID, {**HELLO, "max_tokens": 3000, "stream": True})
@@ -552,21 +552,21 @@ def test_async_local_backend_under_trio(tiny_dirs):
 def test_a_per_request_timeout_cancels_a_stalled_generation(local_ai, monkeypatch):
     import time
 
-    from azion_ai._local import _engine
+    from azion_ai._local import _response
 
-    original = _engine.ResponseBuilder.step
+    original = _response.ResponseBuilder.step
 
     def slow(self, rows, logprobs=None):
         time.sleep(0.05)
         return original(self, rows, logprobs)
 
-    monkeypatch.setattr(_engine.ResponseBuilder, "step", slow)
+    monkeypatch.setattr(_response.ResponseBuilder, "step", slow)
     started = time.monotonic()
     with pytest.raises(azion_ai.APITimeoutError):
         local_ai.run(QWEN_ID, {**HELLO, "max_tokens": 2000}, timeout=0.5)
     with pytest.raises(azion_ai.APITimeoutError):  # a stream: each next chunk has the timeout
         list(local_ai.run(QWEN_ID, {**HELLO, "max_tokens": 2000, "stream": True}, timeout=0.02))
-    monkeypatch.setattr(_engine.ResponseBuilder, "step", original)
+    monkeypatch.setattr(_response.ResponseBuilder, "step", original)
     assert local_ai.run(QWEN_ID, HELLO).usage.completion_tokens == 12  # the worker was freed
     assert time.monotonic() - started < 60
 
@@ -575,14 +575,14 @@ async def test_a_per_request_timeout_async(tiny_dirs, monkeypatch):
     import time
 
     from azion_ai import AsyncAI
-    from azion_ai._local import _engine
+    from azion_ai._local import _response
 
-    original = _engine.ResponseBuilder.step
-    monkeypatch.setattr(_engine.ResponseBuilder, "step", lambda self, rows, logprobs=None: time.sleep(0.05) or original(self, rows, logprobs))
+    original = _response.ResponseBuilder.step
+    monkeypatch.setattr(_response.ResponseBuilder, "step", lambda self, rows, logprobs=None: time.sleep(0.05) or original(self, rows, logprobs))
     async with AsyncAI(backend="local", models={INTERNVL_ID: str(tiny_dirs[INTERNVL_ID])}, device="cpu") as aai:
         with pytest.raises(azion_ai.APITimeoutError):
             await aai.run(INTERNVL_ID, {**HELLO, "max_tokens": 2000}, timeout=0.5)
-        monkeypatch.setattr(_engine.ResponseBuilder, "step", original)
+        monkeypatch.setattr(_response.ResponseBuilder, "step", original)
         assert (await aai.run(INTERNVL_ID, HELLO)).usage.completion_tokens == 12
 
 

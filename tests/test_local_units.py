@@ -76,7 +76,8 @@ def test_incremental_decoder_never_splits_a_character():
 
 def test_penalties_follow_openai_semantics():
     torch = pytest.importorskip("torch")
-    from azion_ai._local._engine import SamplingParams, _Penalties
+    from azion_ai._local._engine_transformers import _Penalties
+    from azion_ai._local._request import SamplingParams
 
     prompt = [[5, 5, 5]]
     generated = [[1, 1, 2]]
@@ -89,7 +90,8 @@ def test_penalties_follow_openai_semantics():
 
 def test_repetition_penalty_covers_prompt_and_output_but_not_padding():
     torch = pytest.importorskip("torch")
-    from azion_ai._local._engine import SamplingParams, _Penalties
+    from azion_ai._local._engine_transformers import _Penalties
+    from azion_ai._local._request import SamplingParams
 
     params = SamplingParams.resolve({"repetition_penalty": 2.0})
     ids = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 5]])  # row 0: two pads (id 0) on the left; output 4 / 5
@@ -154,7 +156,7 @@ def test_tools_reach_the_template_as_vllm_sends_them():
 
 
 def test_sampling_settings_resolve_as_vllm():
-    from azion_ai._local._engine import SamplingParams
+    from azion_ai._local._request import SamplingParams
 
     qwen = {"temperature": 0.1, "top_p": 0.001, "top_k": 1, "repetition_penalty": 1.05}
     p = SamplingParams.resolve({}, qwen)

@@ -148,7 +148,7 @@ def test_logprobs_in_openais_shape_whole_and_streamed(local_ai):
 
 def test_logit_bias_moves_the_answer(local_ai):
     local_ai.transport.load(QWEN_ID)
-    loaded = local_ai.transport._workers[QWEN_ID].loaded
+    loaded = local_ai.transport._engines[QWEN_ID].loaded
     paris = loaded.tokenizer.encode(" Paris")[0]
     plain = local_ai.run(QWEN_ID, {**GREEDY, "max_tokens": 4, "logprobs": True})
     biased = local_ai.run(QWEN_ID, {**GREEDY, "max_tokens": 4, "logprobs": True, "logit_bias": {str(paris): 100}})
@@ -277,10 +277,10 @@ print("RESULT" + json.dumps(out))
 
 def test_tool_choice_none_parses_no_calls(local_ai, monkeypatch):
     """A model that writes a hermes call: parsed under "auto", left as content under "none"."""
-    from azion_ai._local import _engine
+    from azion_ai._local import _response
 
     call = '<tool_call>\n{"name": "get_weather", "arguments": {"location": "Paris"}}\n</tool_call>'
-    original = _engine._Choice.text
+    original = _response._Choice.text
 
     def scripted(self, piece, final=False):  # the model's text replaced by a call, token by token
         if not getattr(self, "_scripted", False):
@@ -290,7 +290,7 @@ def test_tool_choice_none_parses_no_calls(local_ai, monkeypatch):
             piece = ""
         return original(self, piece, final)
 
-    monkeypatch.setattr(_engine._Choice, "text", scripted)
+    monkeypatch.setattr(_response._Choice, "text", scripted)
     payload = {**GREEDY, "max_tokens": 2, "tools": [WEATHER]}
     auto = local_ai.run(QWEN_ID, payload).choices[0]
     assert [c.function.name for c in auto.message.tool_calls] == ["get_weather"]

@@ -51,11 +51,11 @@ def test_compiled_decoding_of_the_awq_model_matches_default(tiny_dirs, local_ai)
     with AI(backend="local", models={QWEN_ID: str(tiny_dirs[QWEN_ID])}, device="cpu", compile=True) as ai:
         first = ai.run(QWEN_ID, PAYLOAD).choices[0].message.content
         again = ai.run(QWEN_ID, {**PAYLOAD, "stream": True}).get_final_completion().choices[0].message.content
-        quantizer = ai.transport._workers[QWEN_ID].loaded.model.hf_quantizer
+        quantizer = ai.transport._engines[QWEN_ID].loaded.model.hf_quantizer
         assert quantizer.is_compileable
     assert first == again == expected
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
-    untouched = local_ai.transport._workers[QWEN_ID].loaded.model.hf_quantizer
+    untouched = local_ai.transport._engines[QWEN_ID].loaded.model.hf_quantizer
     assert not untouched.is_compileable  # only the compiling backend's model was changed
 
 
@@ -76,7 +76,7 @@ def test_awq_kernels_that_run_on_cpu_match_the_reference(tiny_dirs, kernel):
 
     with AI(backend="local", models={QWEN_ID: str(tiny_dirs[QWEN_ID])}, device="cpu", awq_kernel=kernel) as ai:
         ai.transport.load(QWEN_ID)
-        loaded = ai.transport._workers[QWEN_ID].loaded
+        loaded = ai.transport._engines[QWEN_ID].loaded
         q_proj = loaded.model.model.language_model.layers[0].self_attn.q_proj
         assert loaded.awq_kernel == type(q_proj).__name__ and type(q_proj).__module__.startswith("gptqmodel")
         if kernel != "auto":
@@ -131,7 +131,7 @@ def test_token_step_gives_generates_greedy_output(tiny_dirs, model_id):
     with AI(backend="local", models=models, device="cpu") as ai:
         steps: list[int] = []
         ai.transport.load(model_id)
-        model = ai.transport._workers[model_id].loaded.model
+        model = ai.transport._engines[model_id].loaded.model
         model.generate = lambda *a, **k: steps.append(1)  # the token step must not fall back to generate()
         got = _runs(ai, model_id)
     assert got == expected
@@ -163,7 +163,7 @@ def test_compiled_token_step_reuses_its_graphs_and_cache(tiny_dirs, local_ai):
     torch._dynamo.utils.counters.clear()
     with AI(backend="local", models={QWEN_ID: str(tiny_dirs[QWEN_ID])}, device="cpu", compile=True) as ai:
         ai.transport.load(QWEN_ID)
-        worker = ai.transport._workers[QWEN_ID]
+        worker = ai.transport._engines[QWEN_ID]
         worker.loaded.model.generate = lambda *a, **k: pytest.fail("a lone request went through generate()")
         got, graphs, caches = [], [], []
         for r in requests:

@@ -38,8 +38,21 @@ from .._transport import (
 )
 from ._chat import render_prompt
 from ._constraints import STRICT_LEVELS, GrammarSpec
+from ._engine import ENGINES, Engine
+from ._engine_transformers import TransformersOptions
 from ._images import ImageLoader, ImagePolicy
 from ._loading import AWQ_KERNELS
+from ._request import (
+    Chunk,
+    Done,
+    Event,
+    Failed,
+    ImageLimits,
+    Job,
+    PreparedRequest,
+    SamplingParams,
+    Started,
+)
 
 ENV_MODELS_DIR = "AZION_AI_MODELS_DIR"
 # Parameters that change an answer and that the local backend does not implement: refused with a
@@ -95,17 +108,37 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         any_whitespace: bool = True,
         tool_strict_level: str = "auto",
         image_loader: ImageLoader | None = None,
+        engine: str = "transformers",
+        engine_options: Mapping[str, Any] | None = None,
     ) -> None:
         if device not in ("auto", "cpu") and not device.startswith("cuda"):
             raise ValueError(f"device must be 'cuda', 'cpu' or 'auto', got {device!r}")
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
         self.device = device
+        # What runs the weights: "transformers" (our token step, the default) or "vllm" (vLLM's
+        # engine in this process; engine_options are its engine arguments, e.g.
+        # tensor_parallel_size, gpu_memory_utilization, max_num_seqs).
+        self.engine = engine
+        if engine_options and engine != "vllm":
+            raise ValueError("engine_options are vLLM's engine arguments: pass them with engine='vllm'")
+        self.engine_options = dict(engine_options or {})
+        if engine == "vllm":
+            tuned = {
+                "static_cache": static_cache, "compile": compile, "max_batch_size": max_batch_size != 1,
+                "awq_kernel": awq_kernel is not None, "fast_decode": not fast_decode,
+            }
+            given = [name for name, changed in tuned.items() if changed]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} tune the transformers engine; vLLM batches, caches and picks its kernels itself "
+                    "(pass vLLM's own settings in engine_options)"
+                )
         self._paths = {k: Path(v).expanduser() for k, v in (models or {}).items()}
         self.images = image_loader or ImageLoader(image_policy)
         # Image budgets: None keeps the checkpoint's own preprocessor bounds, as vLLM does
         # (Qwen2.5-VL: up to 12,845,056 pixels, 16,384 tokens an image; InternVL3: 12 tiles).
-        self.max_image_pixels = max_image_pixels
-        self.min_image_pixels = min_image_pixels
-        self.max_image_tiles = max_image_tiles
+        self.image_limits = ImageLimits(max_image_pixels, min_image_pixels, max_image_tiles)
         # The context length (prompt + output), like vLLM's --max-model-len; None: the model's
         # context length from the registry (Azion's page).
         if max_model_len is not None and max_model_len < 1:
@@ -136,23 +169,20 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         if tool_strict_level not in STRICT_LEVELS:
             raise ValueError(f"tool_strict_level must be one of {', '.join(STRICT_LEVELS)}, got {tool_strict_level!r}")
         self.tool_strict_level = tool_strict_level
-        self.generation_options = {
-            "static_cache": static_cache,
-            "compile": compile,
-            "max_batch_size": max_batch_size,
-            "fast_decode": fast_decode,
-            # JSON from response_format / forced tool_choice may hold any whitespace between
-            # tokens (vLLM's default); False allows none, so a weak model cannot pad its answer
-            # with whitespace until max_tokens (vLLM: structured_outputs disable_any_whitespace).
-            "any_whitespace": any_whitespace,
-        }
-        self._workers: dict[str, Any] = {}
+        # JSON from response_format / forced tool_choice may hold any whitespace between tokens
+        # (vLLM's default); False allows none, so a weak model cannot pad its answer with
+        # whitespace until max_tokens (vLLM: structured_outputs disable_any_whitespace).
+        self.any_whitespace = any_whitespace
+        self.transformers_options = TransformersOptions(
+            static_cache=static_cache, compile=compile, max_batch_size=max_batch_size, fast_decode=fast_decode, any_whitespace=any_whitespace
+        )
+        self._engines: dict[str, Engine] = {}
         self._load_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"LocalBackend(device={self.device!r}, models={sorted(self._paths) or 'from ' + ENV_MODELS_DIR})"
+        return f"LocalBackend(engine={self.engine!r}, device={self.device!r}, models={sorted(self._paths) or 'from ' + ENV_MODELS_DIR})"
 
     @property
     def extra_url_schemes(self) -> tuple[str, ...]:
@@ -173,7 +203,7 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
 
     def load(self, model_id: str) -> None:
         """Load ``model_id`` now rather than on its first request."""
-        self._worker(get_model(model_id))
+        self._engine_for(get_model(model_id))
 
     @staticmethod
     def _runs_here(model: ModelInfo) -> None:
@@ -186,34 +216,52 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
                 "Use the remote backend for it: AI(base_url='https://<app>.map.azionedge.net/v1')"
             )
 
-    def _worker(self, model: ModelInfo) -> Any:
+    def _engine_for(self, model: ModelInfo) -> Engine:
+        """The model's engine, started (and its weights loaded) on first use, once."""
         if self._closed:
             raise LocalBackendError("this local backend is closed")
-        worker = self._workers.get(model.id)
-        if worker is not None:
-            return worker
+        engine = self._engines.get(model.id)
+        if engine is not None:
+            return engine
         self._runs_here(model)
         with self._lock:
             lock = self._load_locks.setdefault(model.id, threading.Lock())
         with lock:
-            worker = self._workers.get(model.id)
-            if worker is None:
-                from ._engine import ModelWorker
-                from ._loading import load_model
+            engine = self._engines.get(model.id)
+            if engine is None:
+                engine = self._start_engine(model)
+                self._engines[model.id] = engine
+        return engine
 
-                assert model.family is not None  # _runs_here checked it
-                loaded = load_model(model.id, model.family, self.model_path(model.id), self.device, self.awq_kernel)
-                worker = ModelWorker(loaded, self.generation_options)
-                self._workers[model.id] = worker
-        return worker
+    def _start_engine(self, model: ModelInfo) -> Engine:
+        assert model.family is not None  # _runs_here checked it
+        path = self.model_path(model.id)
+        if self.engine == "vllm":
+            from ._engine_vllm import VLLMEngine, VLLMSettings
+            from ._loading import load_checkpoint
+
+            checkpoint = load_checkpoint(model.id, model.family, path)
+            settings = VLLMSettings(
+                device=self.device,
+                max_model_len=self.max_model_len or model.context_length,
+                any_whitespace=self.any_whitespace,
+                lora_adapters=dict(self.lora_adapters),
+                engine_options=dict(self.engine_options),
+            )
+            return VLLMEngine(checkpoint, settings)
+        from ._engine_transformers import TransformersEngine
+        from ._loading import load_model
+
+        loaded = load_model(model.id, model.family, path, self.device, self.awq_kernel)
+        return TransformersEngine(loaded, self.transformers_options)
 
     def close(self) -> None:
-        """Stop the workers and free the models' memory."""
+        """Stop the engines and free the models' memory."""
         self._closed = True
-        workers, self._workers = self._workers, {}
-        for worker in workers.values():
-            worker.stop()
-        del workers
+        engines, self._engines = self._engines, {}
+        for engine in engines.values():
+            engine.stop()
+        del engines
         gc.collect()
         try:
             import sys
@@ -229,9 +277,8 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
 
     # -- requests -----------------------------------------------------------------------------
 
-    def _job(self, request: ChatRequest, emit: Any) -> tuple[Any, Any]:
-        from ._engine import Job, SamplingParams
-
+    def _job(self, request: ChatRequest, emit: Callable[[Event], None]) -> tuple[Engine, Job]:
+        """Everything that can fail before a model runs (checks, loading, rendering, images)."""
         model = request.model
         payload = request.payload
         self._runs_here(model)
@@ -257,58 +304,50 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         refused = sorted(set(payload) & set(NOT_HONOURED))
         if refused:
             raise ValidationError(model.id, [ValidationIssue(name, NOT_HONOURED[name]) for name in refused])
-        worker = self._worker(model)
-        loaded = worker.loaded
-        bias = payload.get("logit_bias") or {}
-        vocab = int(loaded.model.get_output_embeddings().weight.shape[0]) if bias else 0
-        for token in bias:
-            if int(token) >= vocab:
-                raise ValidationError(model.id, [ValidationIssue(f"logit_bias.{token}", f"token id {token} is outside the vocabulary ({vocab} tokens)")])
-        params = SamplingParams.resolve(payload, loaded.generation_defaults)
+        engine = self._engine_for(model)
+        checkpoint = engine.checkpoint
+        for token in payload.get("logit_bias") or {}:
+            if int(token) >= checkpoint.vocab_size:
+                raise ValidationError(
+                    model.id, [ValidationIssue(f"logit_bias.{token}", f"token id {token} is outside the vocabulary ({checkpoint.vocab_size} tokens)")]
+                )
+        params = SamplingParams.resolve(payload, checkpoint.generation_defaults)
         if params.greedy and params.n > 1:
             raise ValidationError(model.id, [ValidationIssue("n", f"n must be 1 when using greedy sampling (temperature 0), got {params.n}")])
-        templates = loaded.templates
+        templates = checkpoint.templates
         if self.chat_template is not None:
             templates = dataclasses.replace(templates, override=self.chat_template)
         choice = payload.get("tool_choice")
-        tool_mode = "named" if isinstance(choice, Mapping) else str(choice or "auto")
+        tools = bool(payload.get("tools"))
+        tool_mode = ("named" if isinstance(choice, Mapping) else str(choice or "auto")) if tools else "text"
         grammar = GrammarSpec.from_payload(payload, self.tool_strict_level)
         try:
-            prompt, image_refs = render_prompt(loaded.tokenizer, templates, payload["messages"], payload.get("tools"), loaded.image_placeholder)
+            prompt, image_refs = render_prompt(checkpoint.tokenizer, templates, payload["messages"], payload.get("tools"), checkpoint.image_placeholder)
         except (KeyError, TypeError, AttributeError, IndexError) as exc:  # only with validate=False
             raise ValidationError(model.id, [ValidationIssue("messages", f"malformed payload ({type(exc).__name__}: {exc}); run with validation on to see every problem")]) from None
         except jinja2_errors() as exc:
             raise ValidationError(model.id, [ValidationIssue("messages", f"the chat template could not render these messages: {exc}")]) from None
         images = self.images.load_all(image_refs)
-        job = Job(
+        prepared = PreparedRequest(
             model=model,
             prompt=prompt,
-            images=images,
+            images=tuple(images),
             params=params,
-            tools=bool(payload.get("tools")),
             stream=request.stream,
-            emit=emit,
             max_model_len=max_model_len,
             tool_mode=tool_mode,
             grammar=grammar,
             adapter=adapter,
-            image_limits={
-                "max_pixels": self.max_image_pixels,
-                "min_pixels": self.min_image_pixels,
-                "max_tiles": self.max_image_tiles,
-            },
+            image_limits=self.image_limits,
         )
-        return worker, job
-
-    # A job emits ("started", n), then ("chunk", dict)... for streams only, then ("done", body);
-    # ("error", exc) can replace any of them.
+        return engine, Job(prepared, emit)
 
     def handle_request(self, request: ChatRequest) -> TransportResponse:
-        events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        worker, job = self._job(request, events.put)
-        worker.submit(job)
+        events: queue.Queue[Event] = queue.Queue()
+        engine, job = self._job(request, events.put)
+        engine.submit(job)
 
-        def next_event() -> tuple[str, Any]:
+        def next_event() -> Event:
             """The job's next event; with a timeout, a stall cancels the job (freeing the worker)."""
             try:
                 return events.get(timeout=request.timeout)
@@ -316,18 +355,17 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
                 job.cancel()
                 raise APITimeoutError(f"the local backend gave nothing for {request.timeout} s; the request was cancelled") from None
 
-        _value(*next_event())  # started: the prompt fit and generation began
+        _expect(next_event(), Started)
         if not request.stream:
-            return TransportResponse(body=_value(*next_event()))
+            return TransportResponse(body=_expect(next_event(), Done).body)
 
         def chunks() -> Iterator[dict[str, Any]]:
             try:
                 while True:
-                    kind, value = next_event()
-                    value = _value(kind, value)
-                    if kind == "done":
+                    event = _expect(next_event(), Chunk, Done)
+                    if isinstance(event, Done):
                         return
-                    yield value
+                    yield event.data
             finally:
                 job.cancel()
 
@@ -335,15 +373,15 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
 
     async def handle_async_request(self, request: ChatRequest) -> AsyncTransportResponse:
         call_soon = _threadsafe_scheduler()
-        send, receive = anyio.create_memory_object_stream[tuple[str, Any]](max_buffer_size=math.inf)
+        send, receive = anyio.create_memory_object_stream[Event](max_buffer_size=math.inf)
 
-        def deliver(item: tuple[str, Any]) -> None:  # runs on the event loop's thread
+        def deliver(item: Event) -> None:  # runs on the event loop's thread
             try:
                 send.send_nowait(item)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 job.cancel()  # the caller stopped listening
 
-        def emit(item: tuple[str, Any]) -> None:  # runs on the worker thread
+        def emit(item: Event) -> None:  # runs on the engine's thread
             try:
                 call_soon(deliver, item)
             except RuntimeError:  # the event loop is gone: nobody is listening any more
@@ -355,10 +393,10 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
             send.close()
 
         # model loading and image fetching block: keep them off the event loop
-        worker, job = await anyio.to_thread.run_sync(self._job, request, emit)
-        worker.submit(job)
+        engine, job = await anyio.to_thread.run_sync(self._job, request, emit)
+        engine.submit(job)
 
-        async def next_event() -> tuple[str, Any]:
+        async def next_event() -> Event:
             try:
                 with anyio.fail_after(request.timeout):
                     return await receive.receive()
@@ -366,9 +404,9 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
                 raise APITimeoutError(f"the local backend gave nothing for {request.timeout} s; the request was cancelled") from None
 
         try:
-            _value(*await next_event())
+            _expect(await next_event(), Started)
             if not request.stream:
-                body = _value(*await next_event())
+                body = _expect(await next_event(), Done).body
                 done()
                 return AsyncTransportResponse(body=body)
         except BaseException:
@@ -378,11 +416,10 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         async def chunks() -> AsyncIterator[dict[str, Any]]:
             try:
                 while True:
-                    kind, value = await next_event()
-                    value = _value(kind, value)
-                    if kind == "done":
+                    event = _expect(await next_event(), Chunk, Done)
+                    if isinstance(event, Done):
                         return
-                    yield value
+                    yield event.data
             finally:
                 done()
 
@@ -404,11 +441,13 @@ def _threadsafe_scheduler() -> Callable[..., Any]:
     return asyncio.get_running_loop().call_soon_threadsafe
 
 
-def _value(kind: str, value: Any) -> Any:
-    """An event's value; an error event raises it as the SDK's own exception."""
-    if kind == "error":
-        raise _public(value)
-    return value
+def _expect(event: Event, *kinds: type[Any]) -> Any:
+    """The event, if it is one of ``kinds``; a :class:`Failed` raises its error as the SDK's own."""
+    if isinstance(event, Failed):
+        raise _public(event.error)
+    if not isinstance(event, kinds):
+        raise LocalBackendError(f"the engine sent {type(event).__name__} where {' or '.join(k.__name__ for k in kinds)} was due")
+    return event
 
 
 def _public(exc: BaseException) -> BaseException:

@@ -8,6 +8,7 @@ with no weights and image logits come out NaN. The config is corrected here befo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -61,30 +62,51 @@ def import_torch() -> Any:
     return torch
 
 
-@dataclass
-class LoadedModel:
-    """A model, its processor, and the facts generation needs about them."""
+@dataclass(kw_only=True)
+class Checkpoint:
+    """A model directory's prompt side: its processor (tokenizer, image processor) and the facts
+    every engine needs to render prompts and shape answers. No weights are loaded for it."""
 
     model_id: str
     family: str
     path: Path
-    model: Any
+    """The directory engines load (for InternVL's original layout: the converted copy)."""
+    config: dict[str, Any]
     processor: Any
-    device: Any
-    dtype: Any
     eos_token_ids: list[int]
     pad_token_id: int
+    vocab_size: int
     generation_defaults: dict[str, Any] = field(default_factory=dict)
     """The checkpoint's non-default generation_config.json values (vLLM's "auto" defaults)."""
     templates: ChatTemplates = field(default_factory=lambda: ChatTemplates(None, None))
     image_placeholder: str = ""
     """What stands for one image in a prompt rendered from a template that does not place images."""
-    adapters: dict[str, str] = field(default_factory=dict)
-    awq_kernel: str | None = None  # the class of the quantized layers, for benchmarks and logs
 
     @property
     def tokenizer(self) -> Any:
         return self.processor.tokenizer
+
+    @property
+    def quantization(self) -> str | None:
+        """The checkpoint's own quantization method ("awq"), None when it is full precision."""
+        quant = self.config.get("quantization_config") or {}
+        return str(quant["quant_method"]) if quant.get("quant_method") else None
+
+    @property
+    def max_position_embeddings(self) -> int | None:
+        text = self.config.get("text_config") or self.config.get("llm_config") or self.config
+        value = text.get("max_position_embeddings") or self.config.get("max_position_embeddings")
+        return int(value) if value else None
+
+
+@dataclass(kw_only=True)
+class LoadedModel(Checkpoint):
+    """A checkpoint with its weights loaded by transformers (the transformers engine)."""
+
+    model: Any
+    device: Any
+    dtype: Any
+    awq_kernel: str | None = None  # the class of the quantized layers, for benchmarks and logs
 
 
 def pick_device(device: str) -> tuple[Any, Any]:
@@ -147,10 +169,10 @@ def check_directory(path: Path, family: str) -> dict[str, Any]:
     return config
 
 
-def load_model(
-    model_id: str, family: str, path: str | os.PathLike[str], device: str, awq_kernel: str | None = None
-) -> LoadedModel:
-    torch = import_torch()
+def load_checkpoint(model_id: str, family: str, path: str | os.PathLike[str]) -> Checkpoint:
+    """Check a model directory and read its prompt side (no weights): InternVL's original layout
+    is converted first (read only; the result is cached)."""
+    import_torch()
     from transformers import AutoConfig, AutoProcessor, GenerationConfig
 
     directory = Path(path).expanduser()
@@ -158,14 +180,57 @@ def load_model(
     if family in _ORIGINAL_LAYOUTS and _read_config(directory).get("model_type") == _ORIGINAL_LAYOUTS[family]:
         from ._internvl_original import convert
 
-        directory = convert(directory)  # InternVL's own layout, read only; the result is cached
+        directory = convert(directory)
         log.info("%s: original InternVL layout converted to %s", source, directory)
     raw = check_directory(directory, family)
+    try:
+        config = AutoConfig.from_pretrained(str(directory))
+        processor = AutoProcessor.from_pretrained(str(directory))
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"could not load {model_id!r} from {str(directory)!r}: {exc}") from None
+    try:
+        gen = GenerationConfig.from_pretrained(str(directory))
+    except OSError:
+        gen = GenerationConfig.from_model_config(config)
+    except ValueError as exc:
+        raise ModelLoadError(f"{directory / 'generation_config.json'} is not a valid generation config: {exc}") from None
+    text = config.get_text_config()
+    eos = gen.eos_token_id if gen.eos_token_id is not None else text.eos_token_id
+    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+    im_end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end not in eos_ids:
+        eos_ids.append(im_end)
+    pad = gen.pad_token_id if gen.pad_token_id is not None else processor.tokenizer.pad_token_id
+    return Checkpoint(
+        model_id=model_id,
+        family=family,
+        path=directory,
+        config=raw,
+        processor=processor,
+        eos_token_ids=eos_ids,
+        pad_token_id=pad if pad is not None else eos_ids[0],
+        vocab_size=int(text.vocab_size),
+        generation_defaults=generation_defaults(directory, config),
+        templates=ChatTemplates(
+            processor=getattr(processor, "chat_template", None), tokenizer=getattr(processor.tokenizer, "chat_template", None)
+        ),
+        image_placeholder=IMAGE_PLACEHOLDERS[family],
+    )
+
+
+def load_model(
+    model_id: str, family: str, path: str | os.PathLike[str], device: str, awq_kernel: str | None = None
+) -> LoadedModel:
+    """The checkpoint and its weights, loaded by transformers on ``device``."""
+    checkpoint = load_checkpoint(model_id, family, path)
+    torch = import_torch()
+    from transformers import AutoConfig
+
+    directory = checkpoint.path
     dev, dtype = pick_device(device)
     config = AutoConfig.from_pretrained(str(directory))
     kwargs: dict[str, Any] = {"config": config}
-    quant = raw.get("quantization_config") or {}
-    if quant.get("quant_method") == "awq":
+    if checkpoint.quantization == "awq":
         try:
             with _quiet_stdout():  # gptqmodel prints a banner when imported
                 import gptqmodel  # noqa: F401
@@ -201,9 +266,8 @@ def load_model(
         model, info = model_cls.from_pretrained(
             str(directory), dtype=dtype, device_map=str(dev), output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
         )
-        processor = AutoProcessor.from_pretrained(str(directory))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        if awq_kernel and quant.get("quant_method") == "awq":
+        if awq_kernel and checkpoint.quantization == "awq":
             raise ModelLoadError(
                 f"could not load {model_id!r} with awq_kernel={awq_kernel!r} on {dev.type}: {exc}. "
                 f"On CPU use 'torch_awq' or 'torch_fused_awq'; on CUDA one of {', '.join(AWQ_KERNELS)}"
@@ -215,19 +279,12 @@ def load_model(
     mismatched = [str(m[0]) if isinstance(m, tuple) else str(m) for m in info.get("mismatched_keys", ())]
     if missing or mismatched:
         problems = [f"missing {', '.join(sorted(missing)[:5])}" if missing else "", f"mis-shaped {', '.join(mismatched[:5])}" if mismatched else ""]
-        raise ModelLoadError(f"{str(source)!r}: the weights do not fit the model ({'; '.join(p for p in problems if p)})")
+        raise ModelLoadError(f"{str(Path(path).expanduser())!r}: the weights do not fit the model ({'; '.join(p for p in problems if p)})")
     model.eval()
     kernel = next((type(m).__name__ for m in model.modules() if type(m).__module__.startswith("gptqmodel")), None)
-    gen = getattr(model, "generation_config", None) or GenerationConfig()
-    eos = gen.eos_token_id if gen.eos_token_id is not None else config.get_text_config().eos_token_id
-    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
-    im_end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end not in eos_ids:
-        eos_ids.append(im_end)
-    pad = gen.pad_token_id if gen.pad_token_id is not None else processor.tokenizer.pad_token_id
-    defaults = generation_defaults(directory, config)
-    # Sampling is resolved per request (payload, then these defaults, as vLLM does); generate()
-    # must not fill unset fields from the checkpoint's file behind our back.
+    gen = model.generation_config
+    # Sampling is resolved per request (payload, then the checkpoint's defaults, as vLLM does);
+    # generate() must not fill unset fields from the checkpoint's file behind our back.
     for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty"):
         setattr(gen, name, None)
     gen.do_sample = False
@@ -235,23 +292,8 @@ def load_model(
         "loaded %s from %s on %s (%s%s)", model_id, directory, dev, str(dtype).replace("torch.", ""),
         f", AWQ kernel {kernel}" if kernel else "",
     )
-    return LoadedModel(
-        model_id=model_id,
-        family=family,
-        path=directory,
-        model=model,
-        processor=processor,
-        device=dev,
-        dtype=dtype,
-        eos_token_ids=eos_ids,
-        pad_token_id=pad if pad is not None else eos_ids[0],
-        generation_defaults=defaults,
-        templates=ChatTemplates(
-            processor=getattr(processor, "chat_template", None), tokenizer=getattr(processor.tokenizer, "chat_template", None)
-        ),
-        image_placeholder=IMAGE_PLACEHOLDERS[family],
-        awq_kernel=kernel,
-    )
+    fields = {f.name: getattr(checkpoint, f.name) for f in dataclasses.fields(Checkpoint)}
+    return LoadedModel(**fields, model=model, device=dev, dtype=dtype, awq_kernel=kernel)
 
 
 def generation_defaults(directory: Path, config: Any) -> dict[str, Any]:

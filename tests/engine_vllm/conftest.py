@@ -1,0 +1,68 @@
+"""The vLLM engine's tests run inside the reference environment (.venv-vllm), where vLLM imports.
+
+``scripts/test.sh`` runs them after the main suite: ``.venv-vllm/bin/python -m pytest
+tests/engine_vllm``. The main suite (``.venv``, no vLLM) does not collect this folder. Tiny
+checkpoints and LoRA adapters are built by ``.venv`` (the local extra's torch and transformers),
+then loaded here by vLLM through ``AI(backend="local", engine="vllm")``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MAIN_PYTHON = ROOT / ".venv" / "bin" / "python"
+MAX_MODEL_LEN = 4096
+# float32, no prefix caching: the same numbers as the reference server (tests/vllm_reference.py)
+CPU_OPTIONS = {"dtype": "float32", "enforce_eager": True, "enable_prefix_caching": False, "max_num_seqs": 16}
+
+for name, value in (("VLLM_TARGET_DEVICE", "cpu"), ("VLLM_CPU_KVCACHE_SPACE", "1"), ("TOKENIZERS_PARALLELISM", "false"), ("HF_HUB_OFFLINE", "1")):
+    os.environ.setdefault(name, value)
+
+
+def _in_main_env(code: str, *args: str) -> str:
+    if not MAIN_PYTHON.is_file():
+        pytest.fail("the main environment is missing: run `bash scripts/setup.sh` (scripts/test.sh does)")
+    proc = subprocess.run([str(MAIN_PYTHON), "-c", code, *args], capture_output=True, text=True, timeout=600, cwd=str(ROOT))
+    if proc.returncode != 0:
+        raise RuntimeError(f"building in .venv failed:\n{proc.stderr[-3000:]}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """The tiny checkpoints of both architectures (the main suite's), built once per session."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        pytest.fail("tests/engine_vllm run in the vLLM environment: .venv-vllm/bin/python -m pytest tests/engine_vllm")
+    out = tmp_path_factory.mktemp("tiny")
+    code = (
+        "import json, sys; from azion_ai._local._tiny import ensure_tiny_checkpoints; "
+        "print(json.dumps({k: str(v) for k, v in ensure_tiny_checkpoints(sys.argv[1]).items()}))"
+    )
+    return {k: Path(v) for k, v in json.loads(_in_main_env(code, str(out))).items()}
+
+
+@pytest.fixture(scope="session")
+def lora_dir(tiny_dirs, tmp_path_factory):
+    """A rank-8 LoRA adapter (peft's file layout) for the unquantized Qwen twin."""
+    out = tmp_path_factory.mktemp("lora") / "adapter"
+    code = (
+        "import sys; from azion_ai._local._tiny import build_lora_adapter; "
+        "print(build_lora_adapter('qwen-qwen25-vl-3b-instruct-awq', sys.argv[1], sys.argv[2], rank=8))"
+    )
+    return Path(_in_main_env(code, str(tiny_dirs["qwen-qwen25-vl-3b-instruct-awq"] / "reference"), str(out)))
+
+
+def engine_ai(model_id: str, model_dir: Path, **options):
+    """``AI`` on the vLLM engine with the reference server's numbers (float32, 4096 tokens)."""
+    from azion_ai import AI
+
+    engine_options = {**CPU_OPTIONS, **options.pop("engine_options", {})}
+    return AI(backend="local", engine="vllm", models={model_id: str(model_dir)}, device="cpu", max_model_len=MAX_MODEL_LEN, engine_options=engine_options, **options)
