@@ -23,7 +23,9 @@ rm -rf "$V"
 "$V/bin/python" -m pip uninstall -q -y torchaudio torch
 "$V/bin/python" -m pip install -q --isolated --cert /etc/ssl/certs/ca-certificates.crt \
   torch==2.13.0 torchvision==0.28.0
-# The wire-level peers the conformance tests read from vLLM's side: httpx for the test client.
-"$V/bin/python" -m pip install -q "httpx>=0.27,<1"
+# httpx for the conformance tests' client; pytest for the engine="vllm" tests, which run here
+# (tests/engine_vllm) with azion_ai from the checkout on PYTHONPATH (its own dependencies are
+# all vLLM's too).
+"$V/bin/python" -m pip install -q "httpx>=0.27,<1" "pytest>=8" "pytest-asyncio>=1.0"
 "$V/bin/python" -c "import torch, torchvision, vllm.entrypoints.openai.api_server" >/dev/null
 echo "$want" > "$stamp"

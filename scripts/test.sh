@@ -8,3 +8,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 .venv/bin/python -m ruff check azion_ai
 .venv/bin/python -m mypy azion_ai
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+if [ $# -eq 0 ]; then
+  # engine="vllm" runs where vLLM imports: the reference environment, on this checkout
+  PYTHONPATH="$PWD" .venv-vllm/bin/python -m pytest -q -p no:cacheprovider tests/engine_vllm
+fi

@@ -101,6 +101,34 @@ def test_serve_passes_the_speed_options_to_the_local_backend(monkeypatch, tmp_pa
     assert transport.chat_template == template.read_text() and transport.max_model_len == 2048
 
 
+def test_serve_engine_vllm_passes_vllms_arguments_through(monkeypatch, tmp_path, capsys):
+    pytest.importorskip("uvicorn")
+    import uvicorn
+
+    from azion_ai import _server
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    built = []
+    real = _server.ChatServer
+    monkeypatch.setattr(_server, "ChatServer", lambda models, **kw: built.append(real(models, **kw)) or built[-1])
+    argv = [
+        "serve", "--engine", "vllm", "--model", f"{QWEN_ID}={tmp_path}", "--tensor-parallel-size", "2", "--gpu-memory-utilization", "0.8",
+        "--max-num-seqs", "64", "--dtype", "bfloat16", "--enforce-eager", "--engine-option", "max_num_batched_tokens=8192",
+        "--engine-option", "kv_cache_dtype=fp8",
+    ]
+    assert main(argv) == 0
+    transport = built[0].client.transport
+    assert transport.engine == "vllm"
+    assert transport.engine_options == {
+        "tensor_parallel_size": 2, "gpu_memory_utilization": 0.8, "max_num_seqs": 64, "dtype": "bfloat16", "enforce_eager": True,
+        "max_num_batched_tokens": 8192, "kv_cache_dtype": "fp8",
+    }
+    assert main(["serve", "--model", f"{QWEN_ID}={tmp_path}", "--tensor-parallel-size", "2"]) == 1
+    assert "need --engine vllm" in capsys.readouterr().err
+    assert main(["serve", "--engine", "vllm", "--model", f"{QWEN_ID}={tmp_path}", "--compile"]) == 1
+    assert "tune the transformers engine" in capsys.readouterr().err
+
+
 @pytest.mark.local
 def test_the_demo_prints_our_output_only(tmp_path):
     """The README's main job: the tour, with no third-party banner, log line, warning or progress

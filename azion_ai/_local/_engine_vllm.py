@@ -41,6 +41,7 @@ log = logging.getLogger("azion_ai")
 # vLLM's accepted LoRA ranks (its MaxLoRARanks): the engine is sized for the largest adapter.
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 _START_TIMEOUT = 600.0
+CPU_KV_CACHE_BYTES = 2 << 30  # vLLM CPU's KV cache unless engine_options or VLLM_CPU_KVCACHE_SPACE say otherwise
 
 
 def import_vllm() -> Any:
@@ -101,6 +102,10 @@ def engine_arguments(checkpoint: Checkpoint, settings: VLLMSettings) -> dict[str
             max_loras=min(len(ranks), 4),
             max_lora_rank=next((r for r in LORA_RANKS if r >= max(ranks)), LORA_RANKS[-1]),
         )
+    if _platform() == "cpu" and not os.environ.get("VLLM_CPU_KVCACHE_SPACE") and not {"kv_cache_memory_bytes", "gpu_memory_utilization"} & set(settings.engine_options):
+        # On CPU vLLM otherwise reserves 92% of the machine's memory, and refuses to start when
+        # anything else holds more than 8%: a fixed KV cache instead.
+        args["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
     known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
     unknown = sorted(set(settings.engine_options) - known)
     if unknown:
@@ -117,10 +122,14 @@ def _adapter_rank(name: str, path: Path) -> int:
         raise ModelLoadError(f"LoRA adapter {name!r}: cannot read {config} ({exc})") from None
 
 
-def _check_device(device: str) -> None:
+def _platform() -> str:
     from vllm.platforms import current_platform
 
-    have = str(current_platform.device_type)
+    return str(current_platform.device_type)
+
+
+def _check_device(device: str) -> None:
+    have = _platform()
     want = "cuda" if device.startswith("cuda") else device
     if want != "auto" and want != have:
         raise ModelLoadError(f"device={device!r} was asked for, but this vLLM build runs on {have!r}; use device={have!r} or 'auto'")
@@ -150,8 +159,9 @@ class VLLMEngine:
             self._thread.join(timeout=10)
             if isinstance(exc, (ModelLoadError, MissingDependencyError)):
                 raise
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(f"vLLM could not start {checkpoint.model_id!r} from {str(checkpoint.path)!r}: {first[:400]}") from exc
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip() and "errors.pydantic.dev" not in line]
+            reason = "; ".join(lines)[:500] or type(exc).__name__
+            raise ModelLoadError(f"vLLM could not start {checkpoint.model_id!r} from {str(checkpoint.path)!r}: {reason}") from exc
         model_config = self._engine.model_config
         self.max_model_len = int(model_config.max_model_len)
         self.quantization: str | None = model_config.quantization

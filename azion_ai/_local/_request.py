@@ -196,7 +196,7 @@ class Job:
     request: PreparedRequest
     emit: Callable[[Event], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
-    _on_cancel: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    _on_cancel: list[Callable[[], object]] = field(default_factory=list, repr=False)
 
     def cancel(self) -> None:
         """Stop this job: the engine ends it at its next step (and vLLM aborts it at once)."""
@@ -206,7 +206,7 @@ class Job:
         for hook in list(self._on_cancel):
             hook()
 
-    def on_cancel(self, hook: Callable[[], None]) -> None:
+    def on_cancel(self, hook: Callable[[], object]) -> None:
         self._on_cancel.append(hook)
         if self.cancelled.is_set():
             hook()
