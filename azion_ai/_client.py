@@ -23,6 +23,7 @@ from ._transport import (
     AsyncTransportResponse,
     BaseTransport,
     ChatRequest,
+    TransportContract,
     TransportResponse,
 )
 from ._types import (
@@ -68,10 +69,15 @@ def _local_backend_class() -> Any:
     return LocalBackend
 
 
-class _ClientBase:
-    """Configuration and request building shared by ``AI`` and ``AsyncAI``."""
+TransportT = TypeVar("TransportT", bound=TransportContract)
 
-    _transport: Any
+
+class _ClientBase(Generic[TransportT]):
+    """Configuration and request building shared by ``AI`` and ``AsyncAI``, over the transport
+    kind each one drives (sync or async)."""
+
+    _transport: TransportT
+    _closed: bool = False
 
     def _setup(
         self,
@@ -93,7 +99,7 @@ class _ClientBase:
         self.validate = validate
         if transport is not None:
             self._transport = transport
-            self.backend = getattr(transport, "backend_name", "custom")
+            self.backend = transport.backend_name
             return
         self.backend = backend or os.environ.get(ENV_BACKEND) or "remote"
         if self.backend == "remote":
@@ -121,11 +127,11 @@ class _ClientBase:
             raise ValueError(f"backend must be 'remote' or 'local', got {self.backend!r}")
 
     def _request(self, model_id: str, payload: Any, validate: bool | None, lora: str | None = None, **options: Any) -> ChatRequest:
-        if getattr(self, "_closed", False):
+        if self._closed:
             raise ClientClosedError(f"this {type(self).__name__} is closed; make a new client to send requests")
         model = get_model(model_id)
         if self.validate if validate is None else validate:
-            schemes = getattr(self._transport, "extra_url_schemes", ())
+            schemes = self._transport.extra_url_schemes
             validate_payload(model, payload, extra_url_schemes=schemes)
         elif not isinstance(payload, Mapping):
             raise TypeError("payload must be a dict")
@@ -230,7 +236,7 @@ class _AsyncRawRuns:
         return RawResponse(response.status_code, response.headers, await _async_result(response, request.endpoint))
 
 
-class AI(_ClientBase):
+class AI(_ClientBase[BaseTransport]):
     """Synchronous client: ``AI(...).run(model_id, payload)``.
 
     ``backend="remote"`` (default) talks to Azion or any OpenAI-compatible server;
@@ -333,7 +339,7 @@ class AI(_ClientBase):
         self.close()
 
 
-class AsyncAI(_ClientBase):
+class AsyncAI(_ClientBase[AsyncBaseTransport]):
     """Asynchronous client: ``await AsyncAI(...).run(model_id, payload)``."""
 
     def __init__(

@@ -90,9 +90,6 @@ def register_model(info: ModelInfo, *, replace: bool = False) -> ModelInfo:
         _registry[info.id] = info
         for alias in info.aliases:
             _aliases[alias] = info.id
-    from ._validation import forget_validator
-
-    forget_validator(info.id)
     return info
 
 

@@ -81,7 +81,7 @@ class ChatServer:
         backend = self.client.transport
         for model_id, state in self.states.items():
             try:
-                backend.load(model_id)  # type: ignore[attr-defined]
+                backend.load(model_id)
             except BaseException as exc:  # noqa: BLE001 - reported by /health and to requests
                 state.error = exc
                 log.error("loading %s failed: %s", model_id, exc)
@@ -160,7 +160,7 @@ class ChatServer:
             "created": self.created,
             "owned_by": "azion",
             "root": info.hf_repo or model_id,
-            "max_model_len": getattr(backend, "max_model_len", None) or info.context_length,
+            "max_model_len": backend.max_model_len or info.context_length,
         }
 
     async def get_model(self, request: Any) -> Any:

@@ -15,6 +15,7 @@ from typing import Any
 from ._models import ModelInfo
 
 __all__ = [
+    "TransportContract",
     "ChatRequest",
     "TransportResponse",
     "AsyncTransportResponse",
@@ -81,7 +82,30 @@ class AsyncTransportResponse:
     headers: Mapping[str, str] = field(default_factory=_no_headers)
 
 
-class BaseTransport:
+class TransportContract:
+    """What a client may ask of any transport besides requests: declared here, so clients and the
+    server never probe with ``getattr``. A transport overrides what applies to it."""
+
+    backend_name: str = "custom"
+    """``"remote"``, ``"local"``, or ``"custom"`` for a transport of your own."""
+    max_model_len: int | None = None
+    """A context length the transport enforces for every model (local backend), else None."""
+
+    @property
+    def extra_url_schemes(self) -> tuple[str, ...]:
+        """Image URL schemes accepted beyond http(s) and data: (the local backend's ``file:``
+        when a local directory is allowed); validation reads it."""
+        return ()
+
+    def load(self, model_id: str) -> None:
+        """Make ``model_id`` ready before its first request (local: load the weights). Nothing to
+        do for a transport that sends requests elsewhere."""
+        return None
+
+
+class BaseTransport(TransportContract):
+    """A sync transport: one request in, a body or a chunk stream out."""
+
     def handle_request(self, request: ChatRequest) -> TransportResponse:
         raise NotImplementedError
 
@@ -89,7 +113,9 @@ class BaseTransport:
         return None
 
 
-class AsyncBaseTransport:
+class AsyncBaseTransport(TransportContract):
+    """The async counterpart of :class:`BaseTransport`."""
+
     async def handle_async_request(self, request: ChatRequest) -> AsyncTransportResponse:
         raise NotImplementedError
 

@@ -42,14 +42,16 @@ _PayloadValidator = validators.extend(
 )
 
 _cache_lock = threading.Lock()
-_validators: dict[str, Draft7Validator] = {}
-_fast_checks: dict[str, Callable[[Any], Any]] = {}
+# model id -> (the schema object it was built from, the validator): a model registered again
+# carries a new schema object, so a stale entry is never used (and the registry needs not call
+# back into validation).
+_validators: dict[str, tuple[Any, Draft7Validator]] = {}
+_fast_checks: dict[str, tuple[Any, Callable[[Any], Any]]] = {}
 
 
-def forget_validator(model_id: str) -> None:
-    with _cache_lock:
-        _validators.pop(model_id, None)
-        _fast_checks.pop(model_id, None)
+def _cached(cache: Mapping[str, tuple[Any, Any]], model: ModelInfo) -> Any:
+    entry = cache.get(model.id)
+    return entry[1] if entry is not None and entry[0] is model.schema else None
 
 
 def format_path(parts: Iterable[Any]) -> str:
@@ -122,13 +124,13 @@ def _without_dangling_refs(schema: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _validator_for(model: ModelInfo) -> Draft7Validator:
-    validator = _validators.get(model.id)
+    validator: Draft7Validator | None = _cached(_validators, model)
     if validator is None:
         schema = _without_dangling_refs(model.schema)
         Draft7Validator.check_schema(schema)
         validator = _PayloadValidator(schema)
         with _cache_lock:
-            _validators[model.id] = validator
+            _validators[model.id] = (model.schema, validator)
     return validator
 
 
@@ -136,7 +138,7 @@ def _fast_check_for(model: ModelInfo) -> Callable[[Any], bool]:
     """The schema compiled to Python (``_schema_compile``): answers "valid and not too deep?" in
     microseconds. On "no", jsonschema finds and explains every violation; formats are annotations
     (as in jsonschema without a format checker) and our own rules check image URLs."""
-    check = _fast_checks.get(model.id)
+    check: Callable[[Any], bool] | None = _cached(_fast_checks, model)
     if check is None:
         try:
             check = compile_schema(_without_dangling_refs(model.schema), max_depth=MAX_DEPTH)
@@ -147,7 +149,7 @@ def _fast_check_for(model: ModelInfo) -> Callable[[Any], bool]:
                 return _not_plain_json(payload) is None and validator.is_valid(payload)
 
         with _cache_lock:
-            _fast_checks[model.id] = check
+            _fast_checks[model.id] = (model.schema, check)
     return check
 
 
@@ -535,7 +537,7 @@ def validate_payload(
     if is_score_request(model, payload):
         model = _score_model(model)
     issues: list[ValidationIssue] = []
-    check = _fast_checks.get(model.id) or _fast_check_for(model)
+    check = _fast_check_for(model)
     if not check(payload):
         problem = _not_plain_json(payload)
         if problem is not None:

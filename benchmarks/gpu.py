@@ -229,15 +229,21 @@ def main(argv: list[str] | None = None) -> int:
 def both(argv: list[str]) -> int:
     """Each engine in its own environment, then one table with vLLM / transformers ratios."""
     import subprocess
+    import tempfile
 
     rest = [a for a in argv if a not in ("--engine", "both")]
     tables = {}
     for engine, python in (("transformers", ROOT / ".venv" / "bin" / "python"), ("vllm", ROOT / ".venv-vllm" / "bin" / "python")):
-        out = subprocess.run([str(python), __file__, *rest, "--engine", engine], capture_output=True, text=True, cwd=str(ROOT))
-        if out.returncode != 0:
-            print(out.stderr[-3000:], file=sys.stderr)
-            return out.returncode
-        table = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+        # output to files, not pipes: vLLM's worker processes inherit the descriptors
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            code = subprocess.run([str(python), __file__, *rest, "--engine", engine], stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=str(ROOT)).returncode
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read(), err.read()
+        if code != 0:
+            print(stderr[-3000:], file=sys.stderr)
+            return code
+        table = [line for line in stdout.splitlines() if line.startswith("| ")]
         print("\n".join(table) + "\n")
         tables[engine] = {(row.split(" | ")[0].split(" [")[0].lstrip("| "), row.split(" | ")[1]): row.split(" | ")[2].rstrip(" |") for row in table[2:]}
     print("| model | measure | vLLM / transformers |\n| --- | --- | --- |")

@@ -276,7 +276,6 @@ def test_untranslated_keywords_fall_back_to_jsonschema():
         from azion_ai import _models
 
         _models._registry.pop("acme-multiple", None)
-        _validation.forget_validator("acme-multiple")
 
 
 def test_tuples_and_mappings_validate_like_lists_and_dicts():

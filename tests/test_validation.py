@@ -138,11 +138,11 @@ def test_validators_are_compiled_once_per_model():
     azion_ai.validate(QWEN, {"messages": [USER]})
     with pytest.raises(ValidationError):
         azion_ai.validate(QWEN, {"messages": [{"role": "x"}]})
-    fast, full = _validation._fast_checks[QWEN], _validation._validators[QWEN]
+    fast, full = _validation._fast_checks[QWEN][1], _validation._validators[QWEN][1]
     azion_ai.validate(QWEN, {"messages": [USER]})
     with pytest.raises(ValidationError):
         azion_ai.validate(QWEN, {"messages": [{"role": "x"}]})
-    assert _validation._fast_checks[QWEN] is fast and _validation._validators[QWEN] is full
+    assert _validation._fast_checks[QWEN][1] is fast and _validation._validators[QWEN][1] is full
 
 
 def test_validation_never_changes_the_payload():

@@ -236,7 +236,7 @@ class TransformersEngine:
             kwargs["images"] = list(request.images)
             # The checkpoint's own preprocessor bounds apply (as in vLLM) unless the backend
             # was given tighter ones.
-            kwargs.update(request.image_limits.processor_kwargs(self.loaded.family, processor.image_processor.size))
+            kwargs.update(self.loaded.adapter.processor_kwargs(request.image_limits, processor.image_processor.size))
         return processor(**kwargs)
 
     def _generation_config(self, params: SamplingParams, max_new_tokens: int) -> Any:
@@ -378,9 +378,7 @@ class TransformersEngine:
         )
 
         model = self.loaded.model
-        inner: Any = getattr(model, "model", None)
-        if getattr(inner, "rope_deltas", None) is not None:
-            inner.rope_deltas = None  # Qwen2.5-VL keeps the last request's 3D-rope offsets on the model
+        self.loaded.adapter.before_request(model)
         processors: list[Any] = [penalty] if penalty is not None else []
         params = job.request.params
         if params.logit_bias:
@@ -405,7 +403,7 @@ class TransformersEngine:
         if params.seed is not None:
             generator = torch.Generator(device=self.loaded.device).manual_seed(params.seed % (1 << 63))
         constraint = self._constraint(job, rows)
-        out = model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)  # prefill: eager
+        out = model(**inputs, cache=cache, use_cache=True, logits_to_keep=1)  # prefill: eager
         logits = out.logits[:, -1, :]
         if rows > 1:
             cache.batch_repeat_interleave(rows)
@@ -435,7 +433,7 @@ class TransformersEngine:
                 job.emit(Chunk(chunk))
             if builder.all_finished or job.cancelled.is_set():
                 return
-            out = step(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = step(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1)
             logits = out.logits[:, -1, :]
 
     def _constraint(self, job: Job, rows: int) -> Any:

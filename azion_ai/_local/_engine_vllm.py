@@ -46,10 +46,14 @@ CPU_KV_CACHE_BYTES = 2 << 30  # vLLM CPU's KV cache unless engine_options or VLL
 
 def import_vllm() -> Any:
     """vLLM, imported with nothing sent anywhere: usage statistics off, the hub offline (weights
-    come from a directory); with AZION_AI_QUIET=1 its logs are kept to errors."""
+    come from a directory), engine processes spawned; with AZION_AI_QUIET=1 its logs are kept
+    to errors."""
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # vLLM starts its engine processes by fork unless told otherwise; this process already runs
+    # threads (each engine's loop, the transformers workers), and a fork beside them can hang.
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     if os.environ.get("AZION_AI_QUIET") == "1":
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     try:
@@ -240,7 +244,7 @@ class VLLMEngine:
         if request.images:
             prompt["multi_modal_data"] = {"image": list(request.images)}
             size = getattr(self._checkpoint.processor.image_processor, "size", None) or {}
-            kwargs = request.image_limits.processor_kwargs(self._checkpoint.family, size)
+            kwargs = self._checkpoint.adapter.processor_kwargs(request.image_limits, size)
             if kwargs:
                 prompt["mm_processor_kwargs"] = kwargs
         return prompt

@@ -18,6 +18,7 @@ from typing import Any
 
 from .._exceptions import MissingDependencyError, ModelLoadError
 from ._chat import ChatTemplates
+from ._families import FAMILIES, Family
 
 log = logging.getLogger("azion_ai")
 
@@ -26,11 +27,6 @@ log = logging.getLogger("azion_ai")
 AWQ_KERNELS = ("auto", "marlin", "machete", "exllama_v2", "gemm", "gemm_triton", "torch_awq", "torch_fused_awq")
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-_FAMILY_TYPES = {"qwen2_5_vl": ("qwen2_5_vl",), "internvl": ("internvl",)}
-# Layouts converted once (no remote code) into the native one before loading: model_type -> converter
-_ORIGINAL_LAYOUTS = {"internvl": "internvl_chat"}
-# vLLM's placeholders for an image in a prompt (its models' get_placeholder_str).
-IMAGE_PLACEHOLDERS = {"qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>", "internvl": "<IMG_CONTEXT>"}
 
 
 def _quiet() -> bool:
@@ -85,6 +81,11 @@ class Checkpoint:
     @property
     def tokenizer(self) -> Any:
         return self.processor.tokenizer
+
+    @property
+    def adapter(self) -> Family:
+        """The family's adapter: what differs between Qwen2.5-VL and InternVL."""
+        return FAMILIES[self.family]
 
     @property
     def quantization(self) -> str | None:
@@ -143,10 +144,10 @@ def check_directory(path: Path, family: str) -> dict[str, Any]:
     """Fail early, naming the file or field, rather than deep inside transformers."""
     config = _read_config(path)
     model_type = config.get("model_type")
-    if model_type not in _FAMILY_TYPES[family]:
+    if model_type not in FAMILIES[family].model_types:
         raise ModelLoadError(
             f"{path / 'config.json'}: model_type is {model_type!r}, but this model needs "
-            f"{' or '.join(map(repr, _FAMILY_TYPES[family]))}"
+            f"{' or '.join(map(repr, FAMILIES[family].model_types))}"
         )
     if not any((path / name).is_file() for name in _WEIGHT_FILES):
         raise ModelLoadError(f"{str(path)!r} has no weights ({' / '.join(_WEIGHT_FILES[:2])})")
@@ -177,7 +178,8 @@ def load_checkpoint(model_id: str, family: str, path: str | os.PathLike[str]) ->
 
     directory = Path(path).expanduser()
     source = directory
-    if family in _ORIGINAL_LAYOUTS and _read_config(directory).get("model_type") == _ORIGINAL_LAYOUTS[family]:
+    original = FAMILIES[family].original_layout
+    if original is not None and _read_config(directory).get("model_type") == original:
         from ._internvl_original import convert
 
         directory = convert(directory)
@@ -214,7 +216,7 @@ def load_checkpoint(model_id: str, family: str, path: str | os.PathLike[str]) ->
         templates=ChatTemplates(
             processor=getattr(processor, "chat_template", None), tokenizer=getattr(processor.tokenizer, "chat_template", None)
         ),
-        image_placeholder=IMAGE_PLACEHOLDERS[family],
+        image_placeholder=FAMILIES[family].image_placeholder,
     )
 
 
@@ -254,10 +256,7 @@ def load_model(
         config.quantization_config = qc
     import transformers
 
-    model_cls: Any = getattr(
-        transformers,
-        "Qwen2_5_VLForConditionalGeneration" if family == "qwen2_5_vl" else "InternVLForConditionalGeneration",
-    )
+    model_cls: Any = getattr(transformers, checkpoint.adapter.model_class)
     if _quiet():
         transformers.utils.logging.disable_progress_bar()
         logging.getLogger("logbar").setLevel(logging.ERROR)

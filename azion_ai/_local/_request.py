@@ -99,20 +99,6 @@ class ImageLimits:
     min_pixels: int | None = None
     max_tiles: int | None = None
 
-    def processor_kwargs(self, family: str, size: Mapping[str, int]) -> dict[str, Any]:
-        """Keyword arguments for the family's Hugging Face processor (both engines pass them)."""
-        if family == "qwen2_5_vl" and (self.max_pixels or self.min_pixels is not None):
-            bounds = dict(size)
-            if self.max_pixels:
-                bounds["longest_edge"] = self.max_pixels
-            if self.min_pixels is not None:
-                bounds["shortest_edge"] = self.min_pixels
-            bounds["shortest_edge"] = min(bounds["shortest_edge"], bounds["longest_edge"])
-            return {"size": bounds}
-        if family == "internvl" and self.max_tiles:
-            return {"max_patches": self.max_tiles}
-        return {}
-
 
 @dataclass(frozen=True)
 class PreparedRequest:
