@@ -64,9 +64,9 @@ ENV_BACKEND = "AZION_AI_BACKEND"
 
 
 def _local_backend_class() -> Any:
-    from ._local import LocalBackend  # imports nothing heavy until a model loads
+    from ._local import LocalTransport  # imports nothing heavy until a model loads
 
-    return LocalBackend
+    return LocalTransport
 
 
 TransportT = TypeVar("TransportT", bound=TransportContract)

@@ -222,9 +222,10 @@ class _RemoteBase:
 
     @staticmethod
     def _connection_error(exc: httpx.HTTPError) -> APIConnectionError:
-        if isinstance(exc, httpx.TimeoutException):
-            return APITimeoutError(f"request timed out ({type(exc).__name__})")
-        return APIConnectionError(f"connection error: {type(exc).__name__}: {exc}")
+        """httpx's errors as ours, in this one place, with httpx's error kept as the cause."""
+        error = APITimeoutError(f"request timed out ({type(exc).__name__})") if isinstance(exc, httpx.TimeoutException) else APIConnectionError(f"connection error: {type(exc).__name__}: {exc}")
+        error.__cause__ = exc
+        return error
 
     def _log_retry(self, attempt: int, retries: int, delay: float, reason: str) -> None:
         log.info("retrying %s in %.2fs (retry %d of %d): %s", self.url, delay, attempt + 1, retries, reason)
@@ -296,7 +297,7 @@ class HTTPTransport(_RemoteBase, BaseTransport):
                     return
                 raise StreamError("stream ended with an unterminated event")
         except httpx.HTTPError as exc:
-            raise self._connection_error(exc) from None
+            raise self._connection_error(exc) from exc
         finally:
             response.close()
         raise StreamError("stream ended before [DONE]: the answer is incomplete")
@@ -372,7 +373,7 @@ class AsyncHTTPTransport(_RemoteBase, AsyncBaseTransport):
                     return
                 raise StreamError("stream ended with an unterminated event")
         except httpx.HTTPError as exc:
-            raise self._connection_error(exc) from None
+            raise self._connection_error(exc) from exc
         finally:
             await response.aclose()
         raise StreamError("stream ended before [DONE]: the answer is incomplete")

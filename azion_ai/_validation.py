@@ -49,6 +49,13 @@ _validators: dict[str, tuple[Any, Draft7Validator]] = {}
 _fast_checks: dict[str, tuple[Any, Callable[[Any], Any]]] = {}
 
 
+def forget_validator(model_id: str) -> None:
+    """Drop a model's compiled validators (benchmarks time the first, cold validation)."""
+    with _cache_lock:
+        _validators.pop(model_id, None)
+        _fast_checks.pop(model_id, None)
+
+
 def _cached(cache: Mapping[str, tuple[Any, Any]], model: ModelInfo) -> Any:
     entry = cache.get(model.id)
     return entry[1] if entry is not None and entry[0] is model.schema else None

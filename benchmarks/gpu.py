@@ -107,7 +107,7 @@ def run(
             ai.transport.load(model_id)  # type: ignore[attr-defined]
             engine_obj = ai.transport._engines[model_id]  # type: ignore[attr-defined]
             loaded = getattr(engine_obj, "loaded", None)  # the transformers engine's model
-            kernel = loaded.awq_kernel if loaded is not None else getattr(engine_obj, "quantization", None)
+            kernel = loaded.quantized_layer if loaded is not None else getattr(engine_obj, "quantization", None)
             label = f"{model_id} [{engine}{', ' + kernel if kernel else ''}]"
             words = " ".join(["capital"] * prompt_tokens)
             payload = {"messages": [{"role": "user", "content": words}], "max_tokens": new_tokens, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}

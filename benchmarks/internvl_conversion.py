@@ -5,15 +5,20 @@ cache) and loaded. Run: .venv/bin/python benchmarks/internvl_conversion.py (abou
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' checkpoint builders
 
 
 def main() -> None:
     os.environ["AZION_AI_CACHE"] = "/tmp/measure-cache"
     from azion_ai import AI
     from azion_ai._local._internvl_original import convert
-    from azion_ai._local._tiny import build_internvl3, build_internvl3_original
+    from checkpoints import build_internvl3_original
+
+    from azion_ai._local._tiny import build_internvl3
 
     model_id = "opengvlab-internvl3-1b-instruct"
     start = time.time()

@@ -88,7 +88,7 @@ def original_peers(tiny_dirs, tmp_path_factory):
     import json
     import os
 
-    from azion_ai._local._tiny import build_internvl3_original
+    from checkpoints import build_internvl3_original
 
     where = tmp_path_factory.mktemp("vllm-internvl-original")
     cache_before = os.environ.get("AZION_AI_CACHE")

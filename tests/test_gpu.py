@@ -62,7 +62,7 @@ def test_cuda_awq_kernels_load_or_say_why(tiny_dirs):
                 assert kernel in str(exc)
                 continue
             assert done.usage.completion_tokens == 6
-            worked[kernel] = ai.transport._engines[QWEN_ID].loaded.awq_kernel
+            worked[kernel] = ai.transport._engines[QWEN_ID].loaded.quantized_layer
     assert "auto" in worked and ({"marlin", "gemm", "exllama_v2"} & set(worked)), worked
 
 

@@ -31,7 +31,19 @@ class Recording(BaseTransport):
         return TransportResponse(body=COMPLETION)
 
 
+def _schema_valid(model_id, payload) -> bool:
+    """An independent verdict: plain jsonschema on the model's published schema."""
+    from jsonschema import Draft7Validator
+
+    from azion_ai import _validation
+
+    schema = _validation._without_dangling_refs(azion_ai.get_model(model_id).schema)
+    return Draft7Validator(schema).is_valid(payload)
+
+
 def _check(model_id, payload, ai, transport):
+    """True: accepted, and then the payload was schema-valid and sent once, unchanged. False:
+    refused with issues naming paths, and nothing sent."""
     before = len(transport.requests)
     try:
         ai.run(model_id, payload)
@@ -39,6 +51,9 @@ def _check(model_id, payload, ai, transport):
         assert exc.issues and all(isinstance(i.path, str) for i in exc.issues)
         assert len(transport.requests) == before  # nothing sent
         return False
+    assert _schema_valid(model_id, payload), "accepted a payload its schema rejects"
+    assert len(transport.requests) == before + 1
+    assert json.loads(json.dumps(dict(transport.requests[-1].payload))) == json.loads(json.dumps(payload))
     return True
 
 
@@ -46,21 +61,28 @@ def _check(model_id, payload, ai, transport):
 @given(mutated())
 def test_mutated_seed_payloads(case):
     transport = Recording()
-    _check(*case, AI(transport=transport), transport)
+    model_id, payload = case
+    accepted = _check(model_id, payload, AI(transport=transport), transport)
+    if not _schema_valid(model_id, payload):
+        assert not accepted  # what the schema refuses, validation refuses
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from([QWEN, INTERNVL]), json_values)
 def test_random_json_values(model_id, value):
     transport = Recording()
-    _check(model_id, value, AI(transport=transport), transport)
+    accepted = _check(model_id, value, AI(transport=transport), transport)
+    if not _schema_valid(model_id, value):
+        assert not accepted
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.sampled_from([QWEN, INTERNVL]), st.dictionaries(st.sampled_from(KEYS), json_values, max_size=6))
 def test_random_payload_shaped_objects(model_id, payload):
     transport = Recording()
-    _check(model_id, payload, AI(transport=transport), transport)
+    accepted = _check(model_id, payload, AI(transport=transport), transport)
+    if not _schema_valid(model_id, payload):
+        assert not accepted
 
 
 def test_deep_nesting_does_not_crash():

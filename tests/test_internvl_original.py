@@ -49,7 +49,7 @@ def _tree_digest(directory: Path) -> str:
 
 @pytest.fixture(scope="module")
 def original(tiny_dirs, tmp_path_factory):
-    from azion_ai._local._tiny import build_internvl3_original
+    from checkpoints import build_internvl3_original
 
     return build_internvl3_original(tiny_dirs[INTERNVL_ID], tmp_path_factory.mktemp("orig") / "InternVL3-1B-Instruct")
 
@@ -147,7 +147,7 @@ def test_named_templates_override_the_default(tiny_dirs, original, cache, name):
 
 def test_a_swapped_q_and_k_would_be_noticed(tiny_dirs, tmp_path, cache):
     """The tiny checkpoint is sensitive: loading q and k the wrong way round changes the answers."""
-    from azion_ai._local._tiny import build_internvl3_original
+    from checkpoints import build_internvl3_original
 
     broken = build_internvl3_original(tiny_dirs[INTERNVL_ID], tmp_path / "broken", swap_qk=True)
     assert _texts(_answers(broken, AGREEING[1:2])) != _texts(_answers(tiny_dirs[INTERNVL_ID], AGREEING[1:2]))
@@ -156,7 +156,7 @@ def test_a_swapped_q_and_k_would_be_noticed(tiny_dirs, tmp_path, cache):
 def test_a_dropped_layer_scale_would_be_noticed(tiny_dirs, tmp_path, cache):
     from safetensors.torch import load_file, save_file
 
-    from azion_ai._local._tiny import build_internvl3_original
+    from checkpoints import build_internvl3_original
 
     changed = build_internvl3_original(tiny_dirs[INTERNVL_ID], tmp_path / "ls")
     tensors = load_file(str(changed / "model.safetensors"))

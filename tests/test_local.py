@@ -231,7 +231,7 @@ def test_stop_finish_reason_when_the_model_emits_eos(local_ai):
 
 def test_n_choices_and_sampling(local_ai):
     # top_k -1 turns off the checkpoint's top_k 1 (vLLM's convention), so the choices differ
-    done = local_ai.run(QWEN_ID, {**HELLO, "n": 3, "temperature": 1.5, "top_p": 0.9, "top_k": -1, "max_tokens": 6})
+    done = local_ai.run(QWEN_ID, {**HELLO, "n": 3, "temperature": 1.5, "top_p": 0.9, "top_k": -1, "max_tokens": 6, "seed": 7})
     assert [c.index for c in done.choices] == [0, 1, 2]
     assert done.usage.completion_tokens == 18
     assert len({c.message.content for c in done.choices}) > 1

@@ -277,7 +277,7 @@ def test_public_fetch_works_and_limits_apply():
 
 
 def test_data_uri_limits_and_decoding():
-    images = ImageLoader(ImagePolicy(max_pixels=100 * 100))
+    images = ImageLoader(ImagePolicy(max_decoded_pixels=100 * 100))
     assert images.load(png_data_uri(size=(50, 20)), "p").size == (50, 20)
     with pytest.raises(ImageError, match="base64"):
         images.load("data:image/png;base64,@@@@", "p")

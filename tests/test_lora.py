@@ -15,7 +15,7 @@ HELLO = {"messages": [{"role": "user", "content": "Name the european capitals"}]
 
 @pytest.fixture(scope="module")
 def adapters(tiny_dirs, tmp_path_factory):
-    from azion_ai._local._tiny import build_lora_adapter
+    from checkpoints import build_lora_adapter
 
     root = tmp_path_factory.mktemp("lora")
     return {

@@ -288,7 +288,7 @@ def test_connection_errors_are_retried_and_mapped(no_sleep):
     with pytest.raises(azion_ai.APIConnectionError) as info:
         AI(base_url=BASE).run(QWEN, PAYLOAD)
     assert not isinstance(info.value, httpx.HTTPError)
-    assert info.value.__cause__ is None and info.value.__context__ is None
+    assert isinstance(info.value.__cause__, httpx.ConnectError)  # httpx's error, kept as the cause
     assert route.call_count == 3
 
 

@@ -122,17 +122,17 @@ def test_concurrent_clients_are_all_answered(served, local_ai):
 
 
 def test_503_while_a_model_loads(tiny_dirs, monkeypatch):
-    from azion_ai._local._backend import LocalBackend
+    from azion_ai._local._backend import LocalTransport
     from azion_ai._server import BackgroundServer, ChatServer
 
     release = threading.Event()
-    original = LocalBackend.load
+    original = LocalTransport.load
 
     def slow_load(self, model_id):
         release.wait(30)
         return original(self, model_id)
 
-    monkeypatch.setattr(LocalBackend, "load", slow_load)
+    monkeypatch.setattr(LocalTransport, "load", slow_load)
     server = ChatServer({INTERNVL_ID: str(tiny_dirs[INTERNVL_ID])}, device="cpu")
     with BackgroundServer(server.app) as running:
         r = httpx.post(running.base_url + "/chat/completions", json={"model": INTERNVL_ID, **HELLO})

@@ -77,7 +77,7 @@ NOT_HONOURED = {
 }
 
 
-class LocalBackend(BaseTransport, AsyncBaseTransport):
+class LocalTransport(BaseTransport, AsyncBaseTransport):
     """Runs Azion's models from local weight directories (transformers; AWQ through gptqmodel).
 
     ``models`` maps model ids to directories; otherwise ``$AZION_AI_MODELS_DIR/<model_id>`` is
@@ -182,7 +182,7 @@ class LocalBackend(BaseTransport, AsyncBaseTransport):
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"LocalBackend(engine={self.engine!r}, device={self.device!r}, models={sorted(self._paths) or 'from ' + ENV_MODELS_DIR})"
+        return f"LocalTransport(engine={self.engine!r}, device={self.device!r}, models={sorted(self._paths) or 'from ' + ENV_MODELS_DIR})"
 
     @property
     def extra_url_schemes(self) -> tuple[str, ...]:
@@ -444,7 +444,8 @@ def _threadsafe_scheduler() -> Callable[..., Any]:
 def _expect(event: Event, *kinds: type[Any]) -> Any:
     """The event, if it is one of ``kinds``; a :class:`Failed` raises its error as the SDK's own."""
     if isinstance(event, Failed):
-        raise _public(event.error)
+        public = _public(event.error)
+        raise public from (None if public is event.error else event.error)
     if not isinstance(event, kinds):
         raise LocalBackendError(f"the engine sent {type(event).__name__} where {' or '.join(k.__name__ for k in kinds)} was due")
     return event

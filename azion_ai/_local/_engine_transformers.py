@@ -306,7 +306,7 @@ class TransformersEngine:
             model_inputs["pixel_values"] = model_inputs["pixel_values"].to(loaded.model.dtype)
         with torch.inference_mode(), self._adapter_context(jobs[0]):
             if self._steps_itself(jobs, config):
-                self._decode(jobs[0], builders[0], model_inputs, config, penalty)
+                self._token_loop(jobs[0], builders[0], model_inputs, config, penalty)
             else:
                 sink = _Sink(jobs, builders, params.n)
                 loaded.model.generate(
@@ -349,7 +349,7 @@ class TransformersEngine:
             self._static_cache.reset()
         return self._static_cache
 
-    def _decode_step(self) -> Any:
+    def _step_forward(self) -> Any:
         """The model's forward for one token; with compile, torch.compile'd once per worker
         ("reduce-overhead" on CUDA: the step is replayed as CUDA graphs)."""
         if not self.options.compile:
@@ -361,7 +361,7 @@ class TransformersEngine:
             self._compiled_forward = torch.compile(self.loaded.model.forward, mode=mode, dynamic=False, fullgraph=False)
         return self._compiled_forward
 
-    def _decode(self, job: Job, builder: ResponseBuilder, inputs: dict[str, Any], config: Any, penalty: Any) -> None:
+    def _token_loop(self, job: Job, builder: ResponseBuilder, inputs: dict[str, Any], config: Any, penalty: Any) -> None:
         """The token step, without generate()'s per-step machinery: prefill once, then one forward
         per token until the builder says the choice is finished or the job is cancelled. With
         static_cache / compile the KV cache is static and (compile) the step is compiled.
@@ -397,7 +397,7 @@ class TransformersEngine:
         ids = inputs["input_ids"]
         # n choices: one prefill, then the KV cache is repeated into n rows decoded side by side
         cache = self._kv_cache(int(ids.shape[1]) + builder.max_tokens) if rows == 1 else DynamicCache(config=model.config)
-        step = self._decode_step() if rows == 1 else model
+        step = self._step_forward() if rows == 1 else model
         # a seed gives this request its own generator: the same draws whatever else runs
         generator = None
         if params.seed is not None:

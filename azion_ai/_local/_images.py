@@ -35,8 +35,9 @@ class ImagePolicy:
     """Seconds for the whole download of one image."""
     max_bytes: int = 20 * 1024 * 1024
     """Largest download or decoded data: URI, in bytes."""
-    max_pixels: int = 64_000_000
-    """Largest decoded image (width x height): refuses decompression bombs."""
+    max_decoded_pixels: int = 64_000_000
+    """Largest decoded image (width x height): refuses decompression bombs. (Not the model's
+    image budget: that is the backend's ``max_image_pixels``, which resizes.)"""
     max_images: int = 16
     """Most images in one request."""
     max_redirects: int = 3
@@ -205,10 +206,10 @@ class ImageLoader:
         try:
             with Image.open(io.BytesIO(data)) as probe:
                 width, height = probe.size
-                if width * height > self.policy.max_pixels:
+                if width * height > self.policy.max_decoded_pixels:
                     raise ImageError(
-                        f"image is {width}x{height} pixels, over the limit of {self.policy.max_pixels} "
-                        "(ImagePolicy.max_pixels)",
+                        f"image is {width}x{height} pixels, over the limit of {self.policy.max_decoded_pixels} "
+                        "(ImagePolicy.max_decoded_pixels)",
                         path=where,
                     )
                 probe.load()

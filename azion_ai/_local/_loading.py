@@ -107,7 +107,9 @@ class LoadedModel(Checkpoint):
     model: Any
     device: Any
     dtype: Any
-    awq_kernel: str | None = None  # the class of the quantized layers, for benchmarks and logs
+    quantized_layer: str | None = None
+    """The class of the AWQ layers gptqmodel picked (e.g. "AwqTorchLinear"), for benchmarks and
+    logs; the ``awq_kernel`` option is the kernel asked for."""
 
 
 def pick_device(device: str) -> tuple[Any, Any]:
@@ -174,7 +176,7 @@ def load_checkpoint(model_id: str, family: str, path: str | os.PathLike[str]) ->
     """Check a model directory and read its prompt side (no weights): InternVL's original layout
     is converted first (read only; the result is cached)."""
     import_torch()
-    from transformers import AutoConfig, AutoProcessor, GenerationConfig
+    from transformers import AutoConfig, AutoProcessor
 
     directory = Path(path).expanduser()
     source = directory
@@ -190,12 +192,7 @@ def load_checkpoint(model_id: str, family: str, path: str | os.PathLike[str]) ->
         processor = AutoProcessor.from_pretrained(str(directory))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"could not load {model_id!r} from {str(directory)!r}: {exc}") from None
-    try:
-        gen = GenerationConfig.from_pretrained(str(directory))
-    except OSError:
-        gen = GenerationConfig.from_model_config(config)
-    except ValueError as exc:
-        raise ModelLoadError(f"{directory / 'generation_config.json'} is not a valid generation config: {exc}") from None
+    gen = read_generation_config(directory, config)
     text = config.get_text_config()
     eos = gen.eos_token_id if gen.eos_token_id is not None else text.eos_token_id
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
@@ -212,7 +209,7 @@ def load_checkpoint(model_id: str, family: str, path: str | os.PathLike[str]) ->
         eos_token_ids=eos_ids,
         pad_token_id=pad if pad is not None else eos_ids[0],
         vocab_size=int(text.vocab_size),
-        generation_defaults=generation_defaults(directory, config),
+        generation_defaults=_sampling_defaults(gen),
         templates=ChatTemplates(
             processor=getattr(processor, "chat_template", None), tokenizer=getattr(processor.tokenizer, "chat_template", None)
         ),
@@ -292,21 +289,29 @@ def load_model(
         f", AWQ kernel {kernel}" if kernel else "",
     )
     fields = {f.name: getattr(checkpoint, f.name) for f in dataclasses.fields(Checkpoint)}
-    return LoadedModel(**fields, model=model, device=dev, dtype=dtype, awq_kernel=kernel)
+    return LoadedModel(**fields, model=model, device=dev, dtype=dtype, quantized_layer=kernel)
 
 
 def generation_defaults(directory: Path, config: Any) -> dict[str, Any]:
     """The sampling defaults vLLM takes from a checkpoint (``generation_config="auto"``): each of
     temperature, top_p, top_k, min_p, the penalties and max_new_tokens that generation_config.json
     sets to a non-default value, each on its own (``do_sample`` is ignored)."""
+    return _sampling_defaults(read_generation_config(directory, config))
+
+
+def read_generation_config(directory: Path, config: Any) -> Any:
+    """generation_config.json (or, without one, what the model config implies)."""
     from transformers import GenerationConfig
 
     try:
-        gen = GenerationConfig.from_pretrained(str(directory))
+        return GenerationConfig.from_pretrained(str(directory))
     except OSError:
-        gen = GenerationConfig.from_model_config(config)
+        return GenerationConfig.from_model_config(config)
     except ValueError as exc:
         raise ModelLoadError(f"{directory / 'generation_config.json'} is not a valid generation config: {exc}") from None
+
+
+def _sampling_defaults(gen: Any) -> dict[str, Any]:
     diff = gen.to_diff_dict()
     keys = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "max_new_tokens")
     return {k: diff[k] for k in keys if diff.get(k) is not None}

@@ -54,7 +54,7 @@ def lora_dir(tiny_dirs, tmp_path_factory):
     """A rank-8 LoRA adapter (peft's file layout) for the unquantized Qwen twin."""
     out = tmp_path_factory.mktemp("lora") / "adapter"
     code = (
-        "import sys; from azion_ai._local._tiny import build_lora_adapter; "
+        "import sys; sys.path.insert(0, 'tests'); from checkpoints import build_lora_adapter; "
         "print(build_lora_adapter('qwen-qwen25-vl-3b-instruct-awq', sys.argv[1], sys.argv[2], rank=8))"
     )
     return Path(_in_main_env(code, str(tiny_dirs["qwen-qwen25-vl-3b-instruct-awq"] / "reference"), str(out)))
