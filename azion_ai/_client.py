@@ -175,7 +175,7 @@ def _answer(body: dict[str, Any], endpoint: str, request_id: str | None) -> Any:
 def _sync_result(response: TransportResponse, endpoint: str = "chat/completions") -> Any:
     request_id = response.headers.get("x-request-id")
     if response.events is not None:
-        return Stream(response.events, response.close, request_id)
+        return Stream(response.events, request_id)
     assert response.body is not None
     return _answer(response.body, endpoint, request_id)
 
@@ -183,7 +183,7 @@ def _sync_result(response: TransportResponse, endpoint: str = "chat/completions"
 async def _async_result(response: AsyncTransportResponse, endpoint: str = "chat/completions") -> Any:
     request_id = response.headers.get("x-request-id")
     if response.events is not None:
-        return AsyncStream(response.events, response.aclose, request_id)
+        return AsyncStream(response.events, request_id)
     assert response.body is not None
     return _answer(response.body, endpoint, request_id)
 

@@ -29,9 +29,11 @@ from ._exceptions import (
 from ._streaming import DONE, SSEDecoder, StreamError, error_message, parse_sse_event
 from ._transport import (
     AsyncBaseTransport,
+    AsyncChunkStream,
     AsyncTransportResponse,
     BaseTransport,
     ChatRequest,
+    ChunkStream,
     TransportResponse,
 )
 from ._version import __version__
@@ -256,7 +258,7 @@ class HTTPTransport(_RemoteBase, BaseTransport):
                 else:
                     if response.is_success and request.stream:  # from here on, never replayed
                         return TransportResponse(
-                            events=self._events(response), close=response.close, status_code=response.status_code, headers=response.headers
+                            events=ChunkStream(self._events(response), response.close), status_code=response.status_code, headers=response.headers
                         )
                     try:
                         body_bytes = response.read()
@@ -298,8 +300,6 @@ class HTTPTransport(_RemoteBase, BaseTransport):
                 raise StreamError("stream ended with an unterminated event")
         except httpx.HTTPError as exc:
             raise self._connection_error(exc) from exc
-        finally:
-            response.close()
         raise StreamError("stream ended before [DONE]: the answer is incomplete")
 
     def close(self) -> None:
@@ -332,7 +332,7 @@ class AsyncHTTPTransport(_RemoteBase, AsyncBaseTransport):
                 else:
                     if response.is_success and request.stream:  # from here on, never replayed
                         return AsyncTransportResponse(
-                            events=self._events(response), aclose=response.aclose, status_code=response.status_code, headers=response.headers
+                            events=AsyncChunkStream(self._events(response), response.aclose), status_code=response.status_code, headers=response.headers
                         )
                     try:
                         body_bytes = await response.aread()
@@ -374,8 +374,6 @@ class AsyncHTTPTransport(_RemoteBase, AsyncBaseTransport):
                 raise StreamError("stream ended with an unterminated event")
         except httpx.HTTPError as exc:
             raise self._connection_error(exc) from exc
-        finally:
-            await response.aclose()
         raise StreamError("stream ended before [DONE]: the answer is incomplete")
 
     async def aclose(self) -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError as PydanticValidationError
 
@@ -25,6 +25,9 @@ from ._types import (
     ToolCall,
     Usage,
 )
+
+if TYPE_CHECKING:
+    from ._transport import AsyncChunkStream, ChunkStream
 
 __all__ = ["Stream", "AsyncStream", "ChunkAccumulator", "SSEDecoder", "ServerSentEvent"]
 
@@ -285,9 +288,8 @@ def parse_chunk(raw: Any) -> ChatCompletionChunk:
 class Stream:
     """A sync iterator of :class:`ChatCompletionChunk`; also a context manager."""
 
-    def __init__(self, events: Iterator[Any], close: Callable[[], None], request_id: str | None = None) -> None:
+    def __init__(self, events: ChunkStream, request_id: str | None = None) -> None:
         self._events = events
-        self._close_fn = close
         self.request_id = request_id
         """The server's ``x-request-id`` for this stream, if it sent one."""
         self._closed = False
@@ -318,12 +320,7 @@ class Stream:
         if self._closed:
             return
         self._closed = True
-        try:
-            close = getattr(self._events, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self._close_fn()
+        self._events.close()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
@@ -346,9 +343,8 @@ class Stream:
 class AsyncStream:
     """An async iterator of :class:`ChatCompletionChunk`; also an async context manager."""
 
-    def __init__(self, events: AsyncIterator[Any], aclose: Callable[[], Awaitable[None]], request_id: str | None = None) -> None:
+    def __init__(self, events: AsyncChunkStream, request_id: str | None = None) -> None:
         self._events = events
-        self._aclose_fn = aclose
         self.request_id = request_id
         self._closed = False
         self._accumulator = ChunkAccumulator()
@@ -377,12 +373,7 @@ class AsyncStream:
         if self._closed:
             return
         self._closed = True
-        try:
-            aclose = getattr(self._events, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        finally:
-            await self._aclose_fn()
+        await self._events.aclose()
 
     close = aclose
 

@@ -2,8 +2,9 @@
 
 A client validates the payload, builds a :class:`ChatRequest` and hands it to whatever transport
 it holds; it never knows whether that is the HTTP transport or the in-process local backend.
-A transport answers with a :class:`TransportResponse`: a whole completion body, or an iterator
-of chunk dicts plus the function that releases what the stream holds.
+A transport answers with a :class:`TransportResponse`: a whole completion body, or one
+:class:`ChunkStream` that owns what the stream holds (an HTTP response, a local job) and
+releases it exactly once, whether it is read to the end, closed early, or never read.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ __all__ = [
     "ChatRequest",
     "TransportResponse",
     "AsyncTransportResponse",
+    "ChunkStream",
+    "AsyncChunkStream",
     "BaseTransport",
     "AsyncBaseTransport",
 ]
@@ -51,11 +54,11 @@ class ChatRequest:
         return endpoint(self.model, self.payload)
 
 
-def _noop() -> None:
+def _noop() -> object:
     return None
 
 
-async def _anoop() -> None:
+async def _anoop() -> object:
     return None
 
 
@@ -63,11 +66,73 @@ def _no_headers() -> Mapping[str, str]:
     return {}
 
 
+class ChunkStream:
+    """The chunk dicts of one streamed answer and the one function that releases what they hold."""
+
+    def __init__(self, chunks: Iterator[dict[str, Any]], release: Callable[[], object] = _noop) -> None:
+        self._chunks = chunks
+        self._release = release
+        self._closed = False
+
+    def __iter__(self) -> ChunkStream:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        try:
+            return next(self._chunks)
+        except BaseException:  # the end (StopIteration) or a failure: released either way
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop reading and release, once (later calls do nothing)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            close = getattr(self._chunks, "close", None)  # a generator's own cleanup, if any
+            if close is not None:
+                close()
+        finally:
+            self._release()
+
+
+class AsyncChunkStream:
+    """The async counterpart of :class:`ChunkStream`."""
+
+    def __init__(self, chunks: AsyncIterator[dict[str, Any]], release: Callable[[], Awaitable[object]] = _anoop) -> None:
+        self._chunks = chunks
+        self._release = release
+        self._closed = False
+
+    def __aiter__(self) -> AsyncChunkStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        try:
+            return await self._chunks.__anext__()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            aclose = getattr(self._chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            await self._release()
+
+
 @dataclass
 class TransportResponse:
+    """A whole body, or (streams) one :class:`ChunkStream`."""
+
     body: dict[str, Any] | None = None
-    events: Iterator[dict[str, Any]] | None = None
-    close: Callable[[], None] = _noop
+    events: ChunkStream | None = None
     status_code: int = 200
     headers: Mapping[str, str] = field(default_factory=_no_headers)
     """The HTTP response's headers (remote); empty for the local backend."""
@@ -76,8 +141,7 @@ class TransportResponse:
 @dataclass
 class AsyncTransportResponse:
     body: dict[str, Any] | None = None
-    events: AsyncIterator[dict[str, Any]] | None = None
-    aclose: Callable[[], Awaitable[None]] = _anoop
+    events: AsyncChunkStream | None = None
     status_code: int = 200
     headers: Mapping[str, str] = field(default_factory=_no_headers)
 

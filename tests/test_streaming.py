@@ -194,3 +194,52 @@ def test_sse_matches_a_reference_parser_for_any_line_ends_and_splits(fields, cut
     pieces.append(rest)
     got = [(e.event, e.data) for e in _events(pieces)]
     assert got == _reference_events(stream)
+
+
+def test_a_chunk_stream_releases_once_however_it_ends():
+    """Read to the end, closed early, never read, or failed mid-way: one release, and a second
+    close does nothing (a response is released by its stream alone)."""
+    from azion_ai._transport import ChunkStream
+
+    def gen(fail=False):
+        yield {"a": 1}
+        if fail:
+            raise RuntimeError("broken")
+        yield {"a": 2}
+
+    for how in ("end", "early", "never", "fail"):
+        released = []
+        stream = ChunkStream(gen(fail=how == "fail"), lambda released=released: released.append(1))
+        if how == "end":
+            assert list(stream) == [{"a": 1}, {"a": 2}]
+        elif how == "early":
+            next(stream)
+        elif how == "fail":
+            with pytest.raises(RuntimeError):
+                list(stream)
+        stream.close()
+        stream.close()
+        assert released == [1], how
+
+
+async def test_an_async_chunk_stream_releases_once_however_it_ends():
+    from azion_ai._transport import AsyncChunkStream
+
+    async def gen():
+        yield {"a": 1}
+        yield {"a": 2}
+
+    for how in ("end", "early", "never"):
+        released = []
+
+        async def release(released=released):
+            released.append(1)
+
+        stream = AsyncChunkStream(gen(), release)
+        if how == "end":
+            assert [c async for c in stream] == [{"a": 1}, {"a": 2}]
+        elif how == "early":
+            await stream.__anext__()
+        await stream.aclose()
+        await stream.aclose()
+        assert released == [1], how

@@ -31,9 +31,11 @@ from .._exceptions import (
 from .._models import ModelInfo, get_model
 from .._transport import (
     AsyncBaseTransport,
+    AsyncChunkStream,
     AsyncTransportResponse,
     BaseTransport,
     ChatRequest,
+    ChunkStream,
     TransportResponse,
 )
 from ._chat import render_prompt
@@ -360,16 +362,13 @@ class LocalTransport(BaseTransport, AsyncBaseTransport):
             return TransportResponse(body=_expect(next_event(), Done).body)
 
         def chunks() -> Iterator[dict[str, Any]]:
-            try:
-                while True:
-                    event = _expect(next_event(), Chunk, Done)
-                    if isinstance(event, Done):
-                        return
-                    yield event.data
-            finally:
-                job.cancel()
+            while True:
+                event = _expect(next_event(), Chunk, Done)
+                if isinstance(event, Done):
+                    return
+                yield event.data
 
-        return TransportResponse(events=chunks(), close=job.cancel)
+        return TransportResponse(events=ChunkStream(chunks(), job.cancel))  # a job that ended ignores the cancel
 
     async def handle_async_request(self, request: ChatRequest) -> AsyncTransportResponse:
         call_soon = _threadsafe_scheduler()
@@ -414,19 +413,16 @@ class LocalTransport(BaseTransport, AsyncBaseTransport):
             raise
 
         async def chunks() -> AsyncIterator[dict[str, Any]]:
-            try:
-                while True:
-                    event = _expect(await next_event(), Chunk, Done)
-                    if isinstance(event, Done):
-                        return
-                    yield event.data
-            finally:
-                done()
+            while True:
+                event = _expect(await next_event(), Chunk, Done)
+                if isinstance(event, Done):
+                    return
+                yield event.data
 
-        async def aclose() -> None:
+        async def release() -> None:
             done()
 
-        return AsyncTransportResponse(events=chunks(), aclose=aclose)
+        return AsyncTransportResponse(events=AsyncChunkStream(chunks(), release))
 
 
 def _threadsafe_scheduler() -> Callable[..., Any]:
