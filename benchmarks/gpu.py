@@ -74,14 +74,16 @@ def decode_bytes_per_token(model_dir: Path, dtype_bytes: int | None = None) -> i
 
 
 def checkpoints(size: str) -> dict[str, Path]:
-    """The benchmark checkpoints, built once by ``.venv`` (whichever environment runs this)."""
+    """The benchmark checkpoints, built once by ``.venv`` (whichever environment runs this): the
+    tiny ones are the demo's and the tests' (``$AZION_AI_CACHE``), the full-size ones apart."""
     import json
     import subprocess
 
     main_python = ROOT / ".venv" / "bin" / "python"
     code = (
         "import json, sys; from azion_ai._local._tiny import default_cache_dir, ensure_tiny_checkpoints; "
-        "d = ensure_tiny_checkpoints(default_cache_dir().parent / ('bench-' + sys.argv[1]), full_size=sys.argv[1] == 'full'); "
+        "full = sys.argv[1] == 'full'; "
+        "d = ensure_tiny_checkpoints(default_cache_dir().parent / 'bench-full' if full else None, full_size=full); "
         "print(json.dumps({k: str(v) for k, v in d.items()}))"
     )
     out = subprocess.run([str(main_python), "-c", code, size], capture_output=True, text=True, check=True, cwd=str(ROOT)).stdout

@@ -40,12 +40,19 @@ INTERNVL_ID = "opengvlab-internvl3-1b-instruct"
 
 
 @pytest.fixture(scope="session")
-def tiny_dirs(tmp_path_factory):
+def tiny_cache(tmp_path_factory):
+    """An AZION_AI_CACHE root holding this session's tiny checkpoints where azion_ai looks for
+    them by default: subprocesses (benchmarks, the demo) given it reuse them, never rebuild."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tiny_cache):
     """Tiny random checkpoints of both architectures, built once per test session."""
     pytest.importorskip("torch")
-    from azion_ai._local._tiny import ensure_tiny_checkpoints
+    from azion_ai._local._tiny import BUILD_VERSION, ensure_tiny_checkpoints
 
-    return ensure_tiny_checkpoints(tmp_path_factory.mktemp("tiny"))
+    return ensure_tiny_checkpoints(tiny_cache / "azion_ai" / f"tiny-v{BUILD_VERSION}")
 
 
 @pytest.fixture(scope="session")

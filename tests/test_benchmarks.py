@@ -13,7 +13,7 @@ ROOT = Path(__file__).parent.parent
 
 
 @pytest.mark.local
-def test_benchmarks_smoke(tmp_path):
+def test_benchmarks_smoke(tiny_dirs, tiny_cache):
     pytest.importorskip("openai")
     pytest.importorskip("torch")
     out = subprocess.run(
@@ -21,7 +21,7 @@ def test_benchmarks_smoke(tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "AZION_AI_CACHE": str(tmp_path)},
+        env={**os.environ, "AZION_AI_CACHE": str(tiny_cache)},  # the session's checkpoints
     )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +31,9 @@ def test_overloads_pick_stream_or_completion(tmp_path):
     pytest.importorskip("mypy")
     path = tmp_path / "snippet.py"
     path.write_text(SNIPPET)
-    out = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", "--cache-dir", str(tmp_path / "c"), str(path)], capture_output=True, text=True)
+    # mypy's own incremental cache, shared with `mypy azion_ai` in scripts/test.sh (run just before):
+    # the package is not analysed twice
+    cache = Path(__file__).resolve().parent.parent / ".mypy_cache"
+    out = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(cache), str(path)], capture_output=True, text=True)
     revealed = [line.split("Revealed type is ")[1] for line in out.stdout.splitlines() if "Revealed type" in line]
     assert revealed == ['"azion_ai._streaming.Stream"', '"azion_ai._types.ChatCompletion"', '"azion_ai._types.ChatCompletion"', '"azion_ai._streaming.AsyncStream"'], out.stdout
