@@ -13,6 +13,7 @@ ROOT = Path(__file__).parent.parent
 
 
 @pytest.mark.local
+@pytest.mark.slow
 def test_benchmarks_smoke(tiny_dirs, tiny_cache):
     pytest.importorskip("openai")
     pytest.importorskip("torch")

@@ -10,7 +10,7 @@ import pytest
 from conformance import COMMON, answer, greedy, img, start_peers, stream_shape, text, user
 from conftest import INTERNVL_ID
 
-pytestmark = [pytest.mark.local, pytest.mark.vllm]
+pytestmark = [pytest.mark.local, pytest.mark.vllm, pytest.mark.slow]
 pytest.importorskip("torch")
 
 

@@ -12,7 +12,7 @@ import pytest
 from conformance import COMMON, MAX_MODEL_LEN, QWEN_TOOLS, answer, greedy, img, start_peers, stream_shape, text, user
 from conftest import QWEN_ID
 
-pytestmark = [pytest.mark.local, pytest.mark.vllm]
+pytestmark = [pytest.mark.local, pytest.mark.vllm, pytest.mark.slow]
 pytest.importorskip("torch")
 
 CATALOGUE = {**COMMON, **QWEN_TOOLS}

@@ -16,7 +16,7 @@ from conftest import QWEN_ID
 
 from azion_ai._local._chat import ToolCallParser, parse_tool_calls
 
-pytestmark = [pytest.mark.vllm]
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"location": "London"}}\n</tool_call>'
 CORPUS = [

@@ -292,7 +292,7 @@ def test_breaking_out_of_a_for_loop_cancels(local_ai):
     assert local_ai.run(INTERNVL_ID, HELLO).usage.completion_tokens == 12
 
 
-@pytest.mark.parametrize("n", [1, 2])  # our token step, and generate()
+@pytest.mark.parametrize("n", [1, 2])  # one row, and n rows from one prefill
 def test_exception_in_the_generating_thread_reaches_the_caller(local_ai, n):
     loaded = worker(local_ai, INTERNVL_ID).loaded
     calls = []
@@ -302,7 +302,8 @@ def test_exception_in_the_generating_thread_reaches_the_caller(local_ai, n):
         if len(calls) == 3:  # a few tokens in
             raise RuntimeError("CUDA out of memory (simulated)")
 
-    payload = {**HELLO, "n": n, "temperature": 1.0 if n > 1 else 0}
+    payload = {**HELLO, "n": n, "temperature": 1.0 if n > 1 else 0, "seed": 1}
+    expected = local_ai.run(INTERNVL_ID, payload)
     hook = loaded.model.lm_head.register_forward_hook(boom)
     try:
         with pytest.raises(azion_ai.LocalBackendError, match="simulated"):
@@ -313,7 +314,9 @@ def test_exception_in_the_generating_thread_reaches_the_caller(local_ai, n):
             list(stream)
     finally:
         hook.remove()
-    assert local_ai.run(INTERNVL_ID, payload).usage.completion_tokens == 12 * n
+    again = local_ai.run(INTERNVL_ID, payload)  # the model answers as before the failures
+    assert [c.message.content for c in again.choices] == [c.message.content for c in expected.choices]
+    assert again.usage == expected.usage
 
 
 def test_concurrent_requests_never_mix_outputs(local_ai):

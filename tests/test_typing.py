@@ -27,6 +27,7 @@ SNIPPET = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_overloads_pick_stream_or_completion(tmp_path):
     pytest.importorskip("mypy")
     path = tmp_path / "snippet.py"

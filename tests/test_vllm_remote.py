@@ -16,7 +16,7 @@ from conftest import QWEN_ID
 import azion_ai
 from azion_ai import AI, AsyncAI
 
-pytestmark = [pytest.mark.vllm]
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 # docs/scaling.md: `vllm serve ... --tool-call-parser hermes --enable-auto-tool-choice --max-model-len N`
 DOCUMENTED_FLAGS = ("--tool-call-parser", "hermes", "--enable-auto-tool-choice")

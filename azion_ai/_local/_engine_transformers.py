@@ -14,7 +14,7 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -362,9 +362,27 @@ class TransformersEngine:
         return self._compiled_forward
 
     def _token_loop(self, job: Job, builder: ResponseBuilder, inputs: dict[str, Any], config: Any, penalty: Any) -> None:
-        """The token step, without generate()'s per-step machinery: prefill once, then one forward
-        per token until the builder says the choice is finished or the job is cancelled. With
-        static_cache / compile the KV cache is static and (compile) the step is compiled.
+        """The layers joined, as mlx-lm's: :meth:`token_steps` (each step's tokens) into the
+        response builder (chunks, then the whole answer), until every choice has finished or the
+        job is cancelled; then the steps stop (no forward is run for a token nobody wants)."""
+        steps = self.token_steps(job, builder.max_tokens, inputs, config, penalty)
+        try:
+            for tokens, logprobs in steps:
+                chunk = builder.step(tokens, logprobs)
+                if chunk is not None and job.request.stream:
+                    job.emit(Chunk(chunk))
+                if builder.all_finished or job.cancelled.is_set():
+                    return
+        finally:
+            steps.close()
+
+    def token_steps(
+        self, job: Job, budget: int, inputs: dict[str, Any], config: Any, penalty: Any
+    ) -> Generator[tuple[list[int], list[tuple[float, list[tuple[int, float]]]] | None], None, None]:
+        """The token step, a plain generator: prefill once, then for each step the next token of
+        every choice (and, with logprobs, each one's logprob and top alternatives), one forward per
+        token, for as long as the caller reads. With static_cache / compile the KV cache is
+        static (sized for ``budget`` more tokens) and (compile) the step is compiled.
 
         Sampling uses transformers' own warpers in generate()'s order (temperature, top-k, top-p),
         so both paths draw from the same distribution; greedy output is identical (tested)."""
@@ -396,7 +414,7 @@ class TransformersEngine:
         rows = params.n
         ids = inputs["input_ids"]
         # n choices: one prefill, then the KV cache is repeated into n rows decoded side by side
-        cache = self._kv_cache(int(ids.shape[1]) + builder.max_tokens) if rows == 1 else DynamicCache(config=model.config)
+        cache = self._kv_cache(int(ids.shape[1]) + budget) if rows == 1 else DynamicCache(config=model.config)
         step = self._step_forward() if rows == 1 else model
         # a seed gives this request its own generator: the same draws whatever else runs
         generator = None
@@ -427,12 +445,7 @@ class TransformersEngine:
                 constraint.accept(tokens)
             if processors:
                 ids = torch.cat([ids, token], dim=1)
-            logprobs = _logprobs(raw, tokens, params.logprobs) if params.logprobs is not None else None
-            chunk = builder.step(tokens, logprobs)
-            if chunk is not None and job.request.stream:
-                job.emit(Chunk(chunk))
-            if builder.all_finished or job.cancelled.is_set():
-                return
+            yield tokens, (_logprobs(raw, tokens, params.logprobs) if params.logprobs is not None else None)
             out = step(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1)
             logits = out.logits[:, -1, :]
 
