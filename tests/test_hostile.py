@@ -4,6 +4,7 @@ exception, never a hang; the server answers 400 with a JSON error, never 500."""
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 
@@ -31,14 +32,18 @@ class Recording(BaseTransport):
         return TransportResponse(body=COMPLETION)
 
 
-def _schema_valid(model_id, payload) -> bool:
-    """An independent verdict: plain jsonschema on the model's published schema."""
+@functools.lru_cache(maxsize=None)
+def _reference_validator(model_id):
     from jsonschema import Draft7Validator
 
     from azion_ai import _validation
 
-    schema = _validation._without_dangling_refs(azion_ai.get_model(model_id).schema)
-    return Draft7Validator(schema).is_valid(payload)
+    return Draft7Validator(_validation._without_dangling_refs(azion_ai.get_model(model_id).schema))
+
+
+def _schema_valid(model_id, payload) -> bool:
+    """An independent verdict: plain jsonschema on the model's published schema."""
+    return _reference_validator(model_id).is_valid(payload)
 
 
 def _check(model_id, payload, ai, transport):
