@@ -8,8 +8,10 @@ Nothing here imports torch until a model is loaded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
+import logging
 import math
 import os
 import queue
@@ -56,6 +58,8 @@ from ._request import (
     Started,
 )
 
+log = logging.getLogger("azion_ai")
+
 ENV_MODELS_DIR = "AZION_AI_MODELS_DIR"
 # Parameters that change an answer and that the local backend does not implement: refused with a
 # clear error rather than ignored (docs/parameters.md). Others it does not use (user, metadata,
@@ -80,7 +84,8 @@ NOT_HONOURED = {
 
 
 class LocalTransport(BaseTransport, AsyncBaseTransport):
-    """Runs Azion's models from local weight directories (transformers; AWQ through gptqmodel).
+    """Runs Azion's models from local weight directories, on an engine: transformers (AWQ through
+    gptqmodel; the default) or vLLM's own (``engine="vllm"``).
 
     ``models`` maps model ids to directories; otherwise ``$AZION_AI_MODELS_DIR/<model_id>`` is
     used. Models load on first use (or :meth:`load`) and stay loaded until :meth:`close`.
@@ -223,13 +228,19 @@ class LocalTransport(BaseTransport, AsyncBaseTransport):
         if self._closed:
             raise LocalBackendError("this local backend is closed")
         engine = self._engines.get(model.id)
-        if engine is not None:
+        if engine is not None and engine.alive:
             return engine
         self._runs_here(model)
         with self._lock:
             lock = self._load_locks.setdefault(model.id, threading.Lock())
         with lock:
             engine = self._engines.get(model.id)
+            if engine is not None and not engine.alive:  # it died: free what it holds, start anew
+                log.warning("the %s engine for %s stopped; starting a new one", engine.name, model.id)
+                self._engines.pop(model.id, None)
+                with contextlib.suppress(Exception):
+                    engine.stop()
+                engine = None
             if engine is None:
                 engine = self._start_engine(model)
                 self._engines[model.id] = engine

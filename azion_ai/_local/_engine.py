@@ -28,6 +28,12 @@ class Engine(Protocol):
         """The model's prompt side: tokenizer, templates, sampling defaults, stop tokens."""
         ...
 
+    @property
+    def alive(self) -> bool:
+        """False once the engine can answer no more (its thread or process died): the backend
+        then starts a fresh one for the next request."""
+        ...
+
     def submit(self, job: Job) -> None:
         """Queue ``job``; its events arrive through ``job.emit`` (from another thread)."""
         ...

@@ -145,6 +145,10 @@ class TransformersEngine:
     def checkpoint(self) -> LoadedModel:
         return self.loaded
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def submit(self, job: Job) -> None:
         if not self._thread.is_alive():
             raise LocalBackendError(f"the worker for {self.loaded.model_id!r} has stopped (backend closed?)")

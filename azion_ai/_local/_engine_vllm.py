@@ -182,6 +182,10 @@ class VLLMEngine:
     def checkpoint(self) -> Checkpoint:
         return self._checkpoint
 
+    @property
+    def alive(self) -> bool:
+        return not self._stopped and not self._engine.errored
+
     def submit(self, job: Job) -> None:
         if self._stopped:
             raise LocalBackendError(f"the vLLM engine for {self._checkpoint.model_id!r} has stopped (backend closed?)")
@@ -299,8 +303,13 @@ class VLLMEngine:
         """vLLM's request errors as ours: a prompt over the context or a rejected parameter is a
         ValidationError (as vLLM's server answers 400); the rest pass to the backend's mapping."""
         from vllm.exceptions import VLLMValidationError
+        from vllm.v1.engine.exceptions import EngineDeadError
 
         message = str(exc).strip()
+        if isinstance(exc, EngineDeadError) or self._engine.errored:
+            return LocalBackendError(
+                f"the vLLM engine for {request.model.id!r} stopped ({type(exc).__name__}); the next request starts a new one"
+            )
         if "longer than the maximum model length" in message:
             return prompt_too_long(request.model.id, None, self.max_model_len)
         if isinstance(exc, VLLMValidationError):

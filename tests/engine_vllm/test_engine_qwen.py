@@ -223,3 +223,31 @@ def test_the_awq_checkpoint_runs_vllms_awq_kernels_and_its_twin_unquantized(tiny
     finally:
         awq.close()
     assert threading.active_count() < 50
+
+
+def test_a_dead_engine_is_replaced_by_the_next_request(ai):
+    """vLLM's engine process killed (as by the OOM killer): the request that meets it fails with
+    the SDK's error, and the next one starts a fresh engine and is answered."""
+    import os
+    import signal
+
+    import psutil
+
+    import azion_ai
+
+    old = ai.transport._engines[QWEN_ID]
+    cores = [p for p in psutil.Process().children(recursive=True) if "EngineCore" in " ".join(p.cmdline() + [p.name()])]
+    assert cores, [p.cmdline() for p in psutil.Process().children(recursive=True)]
+    for core in cores:
+        os.kill(core.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while old.alive and time.monotonic() < deadline:
+        try:
+            ai.run(QWEN_ID, greedy([user("Hi")], max_tokens=2))
+        except azion_ai.LocalBackendError as exc:
+            assert "stopped" in str(exc)
+        time.sleep(0.2)
+    assert not old.alive
+    again = ai.run(QWEN_ID, greedy([user("Hi")], max_tokens=2))
+    assert again.usage.completion_tokens == 2
+    assert ai.transport._engines[QWEN_ID] is not old and ai.transport._engines[QWEN_ID].alive
