@@ -155,13 +155,13 @@ class VLLMEngine:
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"azion-ai-vllm-{checkpoint.model_id}", daemon=True)
         self._thread.start()
         self._running: set[concurrent.futures.Future[None]] = set()
+        self._running_lock = threading.Lock()  # callers' threads add, the loop's thread discards
         self._stopped = False
         try:
             self._engine: Any = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(_START_TIMEOUT)
         except BaseException as exc:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            if isinstance(exc, (ModelLoadError, MissingDependencyError)):
+            self._end_loop()
+            if not isinstance(exc, Exception) or isinstance(exc, (ModelLoadError, MissingDependencyError)):
                 raise
             lines = [line.strip() for line in str(exc).splitlines() if line.strip() and "errors.pydantic.dev" not in line]
             reason = "; ".join(lines)[:500] or type(exc).__name__
@@ -190,15 +190,22 @@ class VLLMEngine:
         if self._stopped:
             raise LocalBackendError(f"the vLLM engine for {self._checkpoint.model_id!r} has stopped (backend closed?)")
         future = asyncio.run_coroutine_threadsafe(self._run(job), self._loop)
-        self._running.add(future)
-        future.add_done_callback(self._running.discard)
+        with self._running_lock:
+            self._running.add(future)
+        future.add_done_callback(self._finished)
         job.on_cancel(future.cancel)  # cancels the task on the loop: vLLM aborts the request
+
+    def _finished(self, future: concurrent.futures.Future[None]) -> None:
+        with self._running_lock:
+            self._running.discard(future)
 
     def stop(self) -> None:
         if self._stopped:
             return
         self._stopped = True
-        for future in list(self._running):
+        with self._running_lock:
+            running = list(self._running)
+        for future in running:
             future.cancel()
 
         async def shut() -> None:
@@ -209,8 +216,13 @@ class VLLMEngine:
             asyncio.run_coroutine_threadsafe(shut(), self._loop).result(60)
         except (concurrent.futures.TimeoutError, RuntimeError) as exc:  # pragma: no cover
             log.warning("vLLM engine for %s did not shut down cleanly: %s", self._checkpoint.model_id, exc)
+        self._end_loop()
+
+    def _end_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     # -- one request ---------------------------------------------------------------------------
 
@@ -273,21 +285,24 @@ class VLLMEngine:
             outputs = self._engine.generate(
                 self._prompt(request), self.sampling_params(request), f"azion-{uuid.uuid4().hex}", lora_request=self._lora(request)
             )
-            async for out in outputs:
-                if builder is None:
-                    prompt_len = len(out.prompt_token_ids or ())
-                    budget = dataclasses.replace(request, max_model_len=min(request.max_model_len, self.max_model_len)).budget(prompt_len)
-                    builder = ResponseBuilder.for_request(self._checkpoint, request, budget, prompt_len)
-                    job.emit(Started(prompt_len))
-                    if request.stream:
-                        job.emit(Chunk(builder.first_chunk()))
-                for output in out.outputs:
-                    logprobs = output.logprobs
-                    for k, token in enumerate(output.token_ids):
-                        top = _token_logprob(token, logprobs[k], request.params.logprobs or 0) if logprobs else None
-                        entry = builder.add(output.index, int(token), top)
-                        if entry is not None and request.stream:
-                            job.emit(Chunk(builder.chunk([entry])))
+            try:
+                async for out in outputs:
+                    if builder is None:
+                        prompt_len = len(out.prompt_token_ids or ())
+                        budget = dataclasses.replace(request, max_model_len=min(request.max_model_len, self.max_model_len)).budget(prompt_len)
+                        builder = ResponseBuilder.for_request(self._checkpoint, request, budget, prompt_len)
+                        job.emit(Started(prompt_len))
+                        if request.stream:
+                            job.emit(Chunk(builder.first_chunk()))
+                    for output in out.outputs:
+                        logprobs = output.logprobs
+                        for k, token in enumerate(output.token_ids):
+                            top = _token_logprob(token, logprobs[k], request.params.logprobs or 0) if logprobs else None
+                            entry = builder.add(output.index, int(token), top)
+                            if entry is not None and request.stream:
+                                job.emit(Chunk(builder.chunk([entry])))
+            finally:
+                await outputs.aclose()  # a request left early (an error here) is aborted in vLLM
             if builder is None:
                 raise LocalBackendError("vLLM ended the request without any output")
             for chunk in builder.finish():

@@ -212,6 +212,17 @@ def test_errors_leave_the_engine_usable(ai):
     assert ai.run(QWEN_ID, greedy([user("Hi")], max_tokens=2)).usage.completion_tokens == 2
 
 
+def test_output_stops_at_the_context_as_vllms_server(ai, server):
+    """A prompt that fits, with max_tokens beyond what is left: output stops at the context."""
+    per_100 = server.tokenize_chat(greedy([user("word " * 200)]))["count"] - server.tokenize_chat(greedy([user("word " * 100)]))["count"]
+    payload = greedy([user("word " * int((MAX_MODEL_LEN - 150) * 100 / per_100))], max_tokens=500)
+    assert MAX_MODEL_LEN - 500 < server.tokenize_chat(payload)["count"] < MAX_MODEL_LEN
+    mine = ours(ai, payload)
+    assert mine["choices"][0]["finish_reason"] == "length"
+    assert mine["usage"]["prompt_tokens"] + mine["usage"]["completion_tokens"] == MAX_MODEL_LEN
+    assert answer(mine) == answer(theirs(server, payload))
+
+
 def test_the_awq_checkpoint_runs_vllms_awq_kernels_and_its_twin_unquantized(tiny_dirs, ai):
     """Quantization comes from each checkpoint's own config."""
     assert ai.transport._engines[QWEN_ID].quantization is None
