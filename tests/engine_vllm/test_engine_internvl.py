@@ -120,3 +120,51 @@ def test_openai_python_against_serve_with_the_vllm_engine(served, server):
         client.chat.completions.create(model=INTERNVL_ID, messages=[{"role": "user", "content": "word " * 5000}], max_tokens=2)
     again = client.chat.completions.create(model=INTERNVL_ID, **payload)
     assert again.choices[0].message.content == whole.choices[0].message.content
+
+
+@pytest.fixture(scope="module")
+def original(tiny_dirs, tmp_path_factory):
+    """InternVL3 in its original (internvl_chat) layout, built by .venv from the -hf twin."""
+    from conftest import _in_main_env
+
+    out = tmp_path_factory.mktemp("original") / "InternVL3-1B-Instruct"
+    code = "import sys; sys.path.insert(0, 'tests'); from checkpoints import build_internvl3_original; print(build_internvl3_original(sys.argv[1], sys.argv[2]))"
+    return __import__("pathlib").Path(_in_main_env(code, str(tiny_dirs[INTERNVL_ID]), str(out)))
+
+
+@pytest.fixture(scope="module")
+def original_peers(original, tiny_dirs, tmp_path_factory):
+    """vLLM's server on the -hf twin rendering the original tokenizer's template, and
+    engine="vllm" on the original layout (its conversion cached in this test's own folder)."""
+    import json
+
+    from conftest import engine_ai
+
+    where = tmp_path_factory.mktemp("original-peers")
+    before = os.environ.get("AZION_AI_CACHE")
+    os.environ["AZION_AI_CACHE"] = str(where / "cache")
+    template = where / "original.jinja"
+    template.write_text(json.loads((original / "tokenizer_config.json").read_text())["chat_template"])
+    server = vllm_reference.VLLMServer(
+        tiny_dirs[INTERNVL_ID], INTERNVL_ID, max_model_len=MAX_MODEL_LEN, extra_args=("--chat-template", str(template)), log_path=where / "vllm.log"
+    )
+    try:
+        with server, engine_ai(INTERNVL_ID, original) as ai:
+            yield server, ai
+    finally:
+        if before is None:
+            os.environ.pop("AZION_AI_CACHE", None)
+        else:
+            os.environ["AZION_AI_CACHE"] = before
+
+
+@pytest.mark.parametrize("name", ["plain", "multi_turn", "image_after_text", "two_images"])
+def test_the_original_layout_runs_on_vllms_engine_as_vllm_renders_its_files(original_peers, original, name):
+    """vLLM itself reads this layout only by running its remote code; engine="vllm" converts it
+    (no remote code) and hands vLLM the converted copy. Its answers equal vLLM's server on the -hf
+    twin rendering the original tokenizer's template (--chat-template), as the transformers
+    engine's do (tests/test_conformance_internvl.py)."""
+    server, ai = original_peers
+    payload = COMMON[name]
+    assert answer(ai.run(INTERNVL_ID, payload).model_dump(mode="json")) == answer(server.chat(payload).json())
+    assert not (original / "remote-code-ran").exists()
