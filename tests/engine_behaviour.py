@@ -203,3 +203,25 @@ def test_bad_requests_fail_clearly_and_leave_the_model_usable(engine_client):
     with pytest.raises(azion_ai.AzionAIError, match="refused"):
         engine_client.run(QWEN, {**HELLO, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://169.254.169.254/x.png"}}]}]})
     assert engine_client.run(QWEN, HELLO).usage.completion_tokens >= 1
+
+
+@pytest.mark.parametrize("model_id", BOTH)
+def test_image_budgets_bound_the_image_tokens(engine_client, model_id, monkeypatch):
+    """max_image_pixels (Qwen2.5-VL) / max_image_tiles (InternVL3) reach the engine's image
+    processor: a large image costs far fewer tokens under them."""
+    from PIL import Image
+
+    from azion_ai._local._request import ImageLimits
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1024, 768), (90, 30, 160)).save(buf, "PNG")
+    big = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    payload = {**HELLO, "max_tokens": 1, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": big}}, {"type": "text", "text": "What?"}]}]}
+    text_only = engine_client.run(model_id, {**HELLO, "max_tokens": 1, "messages": [{"role": "user", "content": "What?"}]}).usage.prompt_tokens
+    free = engine_client.run(model_id, payload).usage.prompt_tokens - text_only
+    limits = ImageLimits(max_pixels=64 * 28 * 28) if model_id == QWEN else ImageLimits(max_tiles=1)
+    monkeypatch.setattr(engine_client.transport, "image_limits", limits)
+    bounded = engine_client.run(model_id, payload).usage.prompt_tokens - text_only
+    assert bounded < free / 3
+    if model_id == QWEN:
+        assert bounded <= 64 + 2  # image pads + vision start/end
