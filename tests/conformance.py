@@ -8,8 +8,11 @@ context length. Payload catalogues live here so each model's test module reads a
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,6 +209,31 @@ def stream_shape(events: list[dict[str, Any] | str]) -> list[Any]:
                 shape.append(("content", content))
                 shape.append(("finish", choice["finish_reason"]))
     return shape
+
+
+@contextlib.contextmanager
+def environ(**values: str) -> Iterator[None]:
+    """Environment variables set for a block, then restored (module fixtures cannot monkeypatch)."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def original_layout_server(hf_dir: Any, original_dir: Any, model_id: str, where: Any) -> vllm_reference.VLLMServer:
+    """vLLM cannot read InternVL's original layout without running its remote code; it renders
+    such a checkpoint with the tokenizer's template (Qwen2.5's) and images in front. So the
+    reference is vLLM's server on the -hf twin with that template (--chat-template)."""
+    require_vllm()
+    template = where / "original.jinja"
+    template.write_text(json.loads((original_dir / "tokenizer_config.json").read_text())["chat_template"])
+    return vllm_reference.VLLMServer(hf_dir, model_id, max_model_len=MAX_MODEL_LEN, extra_args=("--chat-template", str(template)), log_path=where / "vllm.log")
 
 
 def require_vllm() -> None:

@@ -81,37 +81,20 @@ def test_streams_have_vllms_chunk_sequence(peers, name, include_usage):
 
 @pytest.fixture(scope="module")
 def original_peers(tiny_dirs, tmp_path_factory):
-    """vLLM cannot read the original layout without running its remote code; it renders such a
-    checkpoint with the tokenizer's template (Qwen2.5's) and images in front. So vLLM runs the
-    -hf twin with that template (--chat-template), and the local backend the original layout
-    with its defaults: the same prompts, the same weights."""
-    import json
-    import os
-
+    """vLLM's server on the -hf twin rendering the original tokenizer's template
+    (conformance.original_layout_server), and the local backend on the original layout with its
+    defaults: the same prompts, the same weights."""
     from checkpoints import build_internvl3_original
+    from conformance import MAX_MODEL_LEN, environ, original_layout_server
+
+    from azion_ai import AI
 
     where = tmp_path_factory.mktemp("vllm-internvl-original")
-    cache_before = os.environ.get("AZION_AI_CACHE")
-    os.environ["AZION_AI_CACHE"] = str(where / "cache")  # the conversion's cache: this test's own
-    original = build_internvl3_original(tiny_dirs[INTERNVL_ID], where / "InternVL3-1B-Instruct")
-    template = where / "original.jinja"
-    template.write_text(json.loads((original / "tokenizer_config.json").read_text())["chat_template"])
-    from azion_ai import AI
-    from conformance import MAX_MODEL_LEN, require_vllm
-    import vllm_reference
-
-    require_vllm()
-    server = vllm_reference.VLLMServer(
-        tiny_dirs[INTERNVL_ID], INTERNVL_ID, max_model_len=MAX_MODEL_LEN, extra_args=("--chat-template", str(template)), log_path=where / "vllm.log"
-    )
-    try:
+    with environ(AZION_AI_CACHE=str(where / "cache")):  # the conversion's cache: this test's own
+        original = build_internvl3_original(tiny_dirs[INTERNVL_ID], where / "InternVL3-1B-Instruct")
+        server = original_layout_server(tiny_dirs[INTERNVL_ID], original, INTERNVL_ID, where)
         with server, AI(backend="local", models={INTERNVL_ID: str(original)}, device="cpu", max_model_len=MAX_MODEL_LEN) as local:
             yield server, local
-    finally:
-        if cache_before is None:
-            os.environ.pop("AZION_AI_CACHE", None)
-        else:
-            os.environ["AZION_AI_CACHE"] = cache_before
 
 
 @pytest.mark.parametrize("name", ["plain", "system", "multi_turn", "image_after_text", "image_before_text", "two_images", "images_across_turns"])

@@ -136,26 +136,13 @@ def original(tiny_dirs, tmp_path_factory):
 def original_peers(original, tiny_dirs, tmp_path_factory):
     """vLLM's server on the -hf twin rendering the original tokenizer's template, and
     engine="vllm" on the original layout (its conversion cached in this test's own folder)."""
-    import json
-
+    from conformance import environ, original_layout_server
     from conftest import engine_ai
 
     where = tmp_path_factory.mktemp("original-peers")
-    before = os.environ.get("AZION_AI_CACHE")
-    os.environ["AZION_AI_CACHE"] = str(where / "cache")
-    template = where / "original.jinja"
-    template.write_text(json.loads((original / "tokenizer_config.json").read_text())["chat_template"])
-    server = vllm_reference.VLLMServer(
-        tiny_dirs[INTERNVL_ID], INTERNVL_ID, max_model_len=MAX_MODEL_LEN, extra_args=("--chat-template", str(template)), log_path=where / "vllm.log"
-    )
-    try:
-        with server, engine_ai(INTERNVL_ID, original) as ai:
-            yield server, ai
-    finally:
-        if before is None:
-            os.environ.pop("AZION_AI_CACHE", None)
-        else:
-            os.environ["AZION_AI_CACHE"] = before
+    server = original_layout_server(tiny_dirs[INTERNVL_ID], original, INTERNVL_ID, where)
+    with environ(AZION_AI_CACHE=str(where / "cache")), server, engine_ai(INTERNVL_ID, original) as ai:
+        yield server, ai
 
 
 @pytest.mark.parametrize("name", ["plain", "multi_turn", "image_after_text", "two_images"])
