@@ -229,8 +229,25 @@ class _RemoteBase:
         error.__cause__ = exc
         return error
 
-    def _log_retry(self, attempt: int, retries: int, delay: float, reason: str) -> None:
-        log.info("retrying %s in %.2fs (retry %d of %d): %s", self.url, delay, attempt + 1, retries, reason)
+    def _outcome(self, base_url: str, response: httpx.Response, content: bytes) -> dict[str, Any] | APIError:
+        """A response read whole: its completion body (the URL is up again), or the error it
+        stands for, to retry; an error not worth retrying (a 4xx but 408/409/429) is raised."""
+        if response.is_success:
+            self._down_until.pop(base_url, None)
+            return self._completion_body(content)
+        error = self._status_error(response, content)
+        if not self._retryable_status(response.status_code):
+            raise error
+        return error
+
+    def _before_retry(self, attempt: int, retries: int, error: APIError, headers: Mapping[str, str] | None) -> float:
+        """The wait before retry ``attempt + 1`` (backoff with jitter, or the server's
+        Retry-After); ``error`` is raised when the retries are spent."""
+        if attempt >= retries:
+            raise error
+        delay = self._retry_delay(attempt, headers)
+        log.info("retrying %s in %.2fs (retry %d of %d): %s", self.url, delay, attempt + 1, retries, error)
+        return delay
 
 
 class HTTPTransport(_RemoteBase, BaseTransport):
@@ -265,23 +282,15 @@ class HTTPTransport(_RemoteBase, BaseTransport):
                     except httpx.HTTPError as exc:
                         error = self._connection_error(exc)
                     else:
-                        if response.is_success:
-                            self._down_until.pop(base_url, None)
-                            return TransportResponse(
-                                body=self._completion_body(body_bytes), status_code=response.status_code, headers=response.headers
-                            )
-                        error = self._status_error(response, body_bytes)
-                        retry_headers = response.headers
-                        if not self._retryable_status(response.status_code):
-                            raise error
+                        outcome = self._outcome(base_url, response, body_bytes)
+                        if not isinstance(outcome, APIError):
+                            return TransportResponse(body=outcome, status_code=response.status_code, headers=response.headers)
+                        error, retry_headers = outcome, response.headers
                     finally:
                         response.close()
                 if not self._failed(base_url, error):
                     break
-            if attempt >= retries:
-                raise error
-            delay = self._retry_delay(attempt, retry_headers)
-            self._log_retry(attempt, retries, delay, str(error))
+            delay = self._before_retry(attempt, retries, error, retry_headers)
             _sleep(delay)
             attempt += 1
 
@@ -339,23 +348,15 @@ class AsyncHTTPTransport(_RemoteBase, AsyncBaseTransport):
                     except httpx.HTTPError as exc:
                         error = self._connection_error(exc)
                     else:
-                        if response.is_success:
-                            self._down_until.pop(base_url, None)
-                            return AsyncTransportResponse(
-                                body=self._completion_body(body_bytes), status_code=response.status_code, headers=response.headers
-                            )
-                        error = self._status_error(response, body_bytes)
-                        retry_headers = response.headers
-                        if not self._retryable_status(response.status_code):
-                            raise error
+                        outcome = self._outcome(base_url, response, body_bytes)
+                        if not isinstance(outcome, APIError):
+                            return AsyncTransportResponse(body=outcome, status_code=response.status_code, headers=response.headers)
+                        error, retry_headers = outcome, response.headers
                     finally:
                         await response.aclose()
                 if not self._failed(base_url, error):
                     break
-            if attempt >= retries:
-                raise error
-            delay = self._retry_delay(attempt, retry_headers)
-            self._log_retry(attempt, retries, delay, str(error))
+            delay = self._before_retry(attempt, retries, error, retry_headers)
             await _async_sleep(delay)
             attempt += 1
 
