@@ -49,7 +49,7 @@ ENV_BASE_URL = "AZION_AI_BASE_URL"
 # Azion's CLI and libraries read); the AI endpoint does not use it, and sending it as a Bearer would
 # hand the whole account to whatever host base_url names (docs/security.md).
 ENV_TOKEN = "AZION_AI_TOKEN"
-
+ENV_BACKEND = "AZION_AI_BACKEND"
 
 T = TypeVar("T")
 
@@ -60,7 +60,6 @@ class RequestOptions(TypedDict, total=False):
     timeout: float
     max_retries: int
     extra_headers: Mapping[str, str]
-ENV_BACKEND = "AZION_AI_BACKEND"
 
 
 def _local_backend_class() -> Any:

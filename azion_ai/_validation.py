@@ -6,6 +6,7 @@ short message that says what to fix. Validators are compiled once per model and 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -20,7 +21,7 @@ from jsonschema.exceptions import ValidationError as SchemaError
 from jsonschema.exceptions import best_match
 
 from ._exceptions import ValidationError, ValidationIssue
-from ._models import ModelInfo
+from ._models import ModelInfo, endpoint, score_schema
 from ._schema_compile import (
     JSON_SCALARS,
     Unsupported,
@@ -441,8 +442,6 @@ _score_models: dict[str, ModelInfo] = {}
 
 def is_score_request(model: ModelInfo, payload: Mapping[str, Any]) -> bool:
     """A rerank model's ``{text_1, text_2}`` request (the page's score example), for /score."""
-    from ._models import endpoint
-
     return endpoint(model, payload) == "score"
 
 
@@ -450,10 +449,6 @@ def _score_model(model: ModelInfo) -> ModelInfo:
     """The rerank model with the score shape's schema (its page's own schema rejects that shape)."""
     score = _score_models.get(model.id)
     if score is None:
-        import dataclasses
-
-        from ._models import score_schema
-
         score = dataclasses.replace(model, id=f"{model.id}#score", schema=score_schema())
         _score_models[model.id] = score
     return score

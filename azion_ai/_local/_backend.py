@@ -277,8 +277,6 @@ class LocalTransport(BaseTransport, AsyncBaseTransport):
         del engines
         gc.collect()
         try:
-            import sys
-
             torch = sys.modules.get("torch")
             if torch is not None and torch.cuda.is_available():
                 torch.cuda.empty_cache()
