@@ -24,6 +24,8 @@ from ._exceptions import (
     APIError,
     APIResponseValidationError,
     APITimeoutError,
+    ValidationError,
+    ValidationIssue,
     make_status_error,
 )
 from ._streaming import DONE, SSEDecoder, StreamError, error_message, parse_sse_event
@@ -36,6 +38,7 @@ from ._transport import (
     ChunkStream,
     TransportResponse,
 )
+from ._validation import lone_surrogate_issue
 from ._version import __version__
 
 log = logging.getLogger("azion_ai")
@@ -175,7 +178,11 @@ class _RemoteBase:
     @staticmethod
     def _body(request: ChatRequest) -> bytes:
         body = {**request.payload, "model": request.lora or request.model.id}
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        except UnicodeEncodeError:  # only with validate=False: validation refuses it first
+            issue = lone_surrogate_issue(request.payload) or ValidationIssue("", "is not valid Unicode")
+            raise ValidationError(request.model.id, [issue]) from None
 
     def _retry_delay(self, attempt: int, headers: Mapping[str, str] | None) -> float:
         if headers is not None:

@@ -2,8 +2,8 @@
 
 ``POST /v1/chat/completions`` (whole or SSE ending ``data: [DONE]``), ``GET /v1/models`` and
 ``GET /health``. Payloads are validated with the same per-model schemas as ``ai.run``; errors
-use OpenAI's JSON error shape with the matching status. A client that disconnects mid-stream
-stops its generation.
+use OpenAI's JSON error shape with the matching status. Every answer carries ``x-request-id``.
+A client that disconnects mid-stream stops its generation.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -34,9 +35,45 @@ DEFAULT_MAX_BODY = 32 * 1024 * 1024
 def _error(status: int, message: str, *, type_: str, param: str | None = None, code: Any = None) -> Any:
     from starlette.responses import JSONResponse
 
+    # a message may quote the request (a model name); a lone surrogate there could not be encoded
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+REQUEST_ID_HEADER = b"x-request-id"
+
+# What the routes OpenAI clients try next would do here, and what to use instead (docs/serving.md).
+_ROUTES_NOT_SERVED = {
+    "/v1/completions": "the legacy completions API is not served: Azion's chat models answer through "
+    "POST /v1/chat/completions (llama-index: OpenAILike(..., is_chat_model=True); LangChain: ChatOpenAI)",
+    "/v1/responses": "the Responses API is not served: Azion's models answer through POST /v1/chat/completions "
+    "(openai-python: client.chat.completions.create)",
+}
+
+
+class _RequestIds:
+    """ASGI middleware: every answer (whole, streamed, or an error) carries ``x-request-id``, the
+    client's own when it sent one (as vLLM's ``--enable-request-id-headers``), else a new one."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = [value for name, value in scope.get("headers", ()) if name.lower() == REQUEST_ID_HEADER]
+        request_id = sent[0] if sent and sent[0] else uuid.uuid4().hex.encode()
+
+        async def send_with_id(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != REQUEST_ID_HEADER]
+                message = {**message, "headers": [*headers, (REQUEST_ID_HEADER, request_id)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 class _ModelState:
@@ -92,6 +129,7 @@ class ChatServer:
         import contextlib
 
         from starlette.applications import Starlette
+        from starlette.middleware import Middleware
         from starlette.routing import Route
 
         @contextlib.asynccontextmanager
@@ -105,7 +143,9 @@ class ChatServer:
             """Unknown routes and methods answer in OpenAI's error shape too, not plain text."""
             status = getattr(exc, "status_code", 500)
             if status == 404:
-                return _error(404, f"no route {request.method} {request.url.path}", type_="not_found_error")
+                path = request.url.path.rstrip("/")
+                why = _ROUTES_NOT_SERVED.get(path, "see docs/serving.md for the routes served")
+                return _error(404, f"no route {request.method} {request.url.path}: {why}", type_="not_found_error")
             if status == 405:
                 return _error(405, f"{request.method} is not allowed on {request.url.path}", type_="invalid_request_error")
             return _error(status, str(getattr(exc, "detail", "error")), type_="invalid_request_error")
@@ -118,6 +158,7 @@ class ChatServer:
                 Route("/health", self.health, methods=["GET"]),
             ],
             exception_handlers={HTTPException: http_error},
+            middleware=[Middleware(_RequestIds)],
             lifespan=lifespan,
         )
 
@@ -203,8 +244,14 @@ class ChatServer:
         if not isinstance(payload, dict):
             return _error(400, "request body must be a JSON object", type_="invalid_request_error")
         model_id = payload.pop("model", None)
-        if not isinstance(model_id, str) or model_id not in self.models:
-            served = ", ".join(sorted(self.models))
+        served = ", ".join(sorted(self.models))
+        if model_id is None and len(self.models) == 1:
+            model_id = next(iter(self.models))  # as vLLM: no model means the one served
+        elif model_id is None:
+            return _error(400, f"\"model\" is required: name one of the served models ({served})", type_="invalid_request_error", param="model", code="missing_required_parameter")
+        elif not isinstance(model_id, str):
+            return _error(400, f"\"model\" must be a string naming a served model ({served})", type_="invalid_request_error", param="model", code="invalid_type")
+        if model_id not in self.models:
             return _error(404, f"model {model_id!r} is not served here; served: {served}", type_="not_found_error", param="model", code="model_not_found")
         state = self.states[model_id]
         if not state.ready.is_set():

@@ -30,7 +30,7 @@ from ._schema_compile import (
     resolve_local_ref,
 )
 
-__all__ = ["validate_payload", "format_path"]
+__all__ = ["validate_payload", "format_path", "lone_surrogate_issue"]
 
 MAX_DEPTH = 64
 _DISCRIMINATORS = frozenset({"role", "type"})
@@ -435,6 +435,34 @@ def _not_plain_json(payload: Any, limit: int = MAX_DEPTH) -> ValidationIssue | N
     return None
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate_issue(payload: Any) -> ValidationIssue | None:
+    """The first string (value or key) holding a lone surrogate (``"\\ud800"``): JSON can carry
+    it as an escape, but it is no Unicode character, so no UTF-8 encoder and no tokenizer takes it."""
+    stack: list[tuple[Any, list[Any]]] = [(payload, [])]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, str):
+            found = None if node.isascii() else _SURROGATE.search(node)
+            if found is not None:
+                code = f"U+{ord(found.group()):04X}"
+                return ValidationIssue(
+                    format_path(path),
+                    f"holds a lone surrogate ({code} at character {found.start()}), which is not valid Unicode; "
+                    "remove it or send the whole character (a surrogate pair decodes to one)",
+                )
+        elif isinstance(node, Mapping):
+            for key, value in node.items():
+                if isinstance(key, str) and _SURROGATE.search(key):
+                    return ValidationIssue(format_path(path), f"has a key with a lone surrogate ({ascii(key)[:_MAX_SHOWN]}), which is not valid Unicode")
+                stack.append((value, [*path, key]))
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, [*path, i]) for i, v in enumerate(node))
+    return None
+
+
 # -- the score shape of rerank models ---------------------------------------------------------
 
 _score_models: dict[str, ModelInfo] = {}
@@ -524,6 +552,27 @@ def _without_empty_tool_calls(payload: dict[str, Any]) -> dict[str, Any]:
     return {**payload, "messages": cleaned}
 
 
+_OPENAI_DIFFERENCES = "docs/validation.md, \"Where Azion's schemas differ from OpenAI\""
+
+
+def _with_openai_hint(payload: Mapping[str, Any], issue: ValidationIssue) -> ValidationIssue:
+    """An issue where OpenAI's API allows what Azion's schema refuses, said as such, with the fix."""
+    found = re.fullmatch(r"messages\[(\d+)\]\.(role|content)", issue.path)
+    messages = payload.get("messages")
+    if found is None or not isinstance(messages, list) or int(found.group(1)) >= len(messages):
+        return issue
+    message = messages[int(found.group(1))]
+    if not isinstance(message, Mapping):
+        return issue
+    if found.group(2) == "role" and message.get("role") == "developer":
+        hint = "OpenAI's \"developer\" role is not in Azion's schema for this model; send these instructions as a \"system\" message"
+    elif found.group(2) == "content" and message.get("role") == "tool" and isinstance(message.get("content"), list):
+        hint = "Azion's schema takes a tool result as one string, where OpenAI also allows a list of text parts; join the parts' text into one string"
+    else:
+        return issue
+    return ValidationIssue(issue.path, f"{issue.message} ({hint}; see {_OPENAI_DIFFERENCES})")
+
+
 def validate_payload(
     model: ModelInfo, payload: Any, *, extra_url_schemes: Iterable[str] = ()
 ) -> None:
@@ -539,6 +588,9 @@ def validate_payload(
     if is_score_request(model, payload):
         model = _score_model(model)
     issues: list[ValidationIssue] = []
+    surrogate = lone_surrogate_issue(payload)
+    if surrogate is not None:
+        issues.append(surrogate)
     check = _fast_check_for(model)
     if not check(payload):
         problem = _not_plain_json(payload)
@@ -553,4 +605,4 @@ def validate_payload(
         if issue not in issues:
             issues.append(issue)
     if issues:
-        raise ValidationError(model_id, issues)
+        raise ValidationError(model_id, [_with_openai_hint(payload, issue) for issue in issues])

@@ -103,6 +103,24 @@ def test_seeded_choices_differ_and_repeat(engine_client):
         engine_client.run(QWEN, ask("Hi", n=2))
 
 
+def test_a_stream_of_n_choices_sends_one_choice_per_chunk(engine_client):
+    """As vLLM and OpenAI stream n > 1: clients read ``chunk.choices[0]``, so a chunk holds one
+    choice; read that way, each choice's text is the whole answer's."""
+    payload = ask("Tell me a story", n=3, temperature=1.0, top_k=0, top_p=1.0, seed=5, max_tokens=8)
+    whole = [c.message.content for c in engine_client.run(QWEN, payload).choices]
+    texts = ["", "", ""]
+    finished = []
+    for chunk in engine_client.run(QWEN, {**payload, "stream": True}):
+        if not chunk.choices:
+            continue
+        assert len(chunk.choices) == 1, chunk
+        choice = chunk.choices[0]
+        texts[choice.index] += choice.delta.content or ""
+        if choice.finish_reason:
+            finished.append(choice.index)
+    assert texts == whole and sorted(finished) == [0, 1, 2]
+
+
 def test_closing_a_stream_stops_generation_and_the_model_answers_next(engine_client, token_counts):
     eos = {str(t): -100 for t in engine_client.transport._engines[QWEN].checkpoint.eos_token_ids} if QWEN in engine_client.transport._engines else {}
     stream = engine_client.run(QWEN, ask("Count", max_tokens=3000, stream=True, logit_bias=eos))

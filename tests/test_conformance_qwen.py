@@ -262,3 +262,50 @@ def test_logprobs_match_vllms(peers):
     for mine, ref in zip(ours, theirs, strict=True):
         assert mine["logprob"] == pytest.approx(ref["logprob"], abs=1e-3)
         assert [t["token"] for t in mine["top_logprobs"]] == [t["token"] for t in ref["top_logprobs"]]
+
+
+def per_choice(events: list) -> dict[int, list]:
+    """A stream's chunks as vLLM sends them for n > 1: every chunk holds one choice (clients read
+    ``choices[0]``); per choice index, its role chunk, all its content, its finish."""
+    shapes: dict[int, list] = {}
+    texts: dict[int, str] = {}
+    for event in events:
+        if event == "[DONE]" or not event["choices"]:
+            continue
+        assert len(event["choices"]) == 1, f"a chunk with {len(event['choices'])} choices: {event}"
+        choice = event["choices"][0]
+        index, delta = choice["index"], choice.get("delta") or {}
+        shape = shapes.setdefault(index, [])
+        if "role" in delta:
+            assert not shape, f"role after the first chunk of choice {index}"
+            shape.append(("role", delta["role"]))
+            continue
+        texts[index] = texts.get(index, "") + (delta.get("content") or "")
+        if choice.get("finish_reason"):
+            shape += [("content", texts[index]), ("finish", choice["finish_reason"])]
+    return shapes
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_n_choice_streams_send_one_choice_per_chunk_as_vllm(peers, include_usage):
+    """Qwen's defaults (top_k 1) make n = 3 deterministic on both sides, so the streams compare
+    choice by choice; every chunk, ours (served and in-process) and vLLM's, holds one choice."""
+    payload = {"messages": [user("Hello, world!")], "max_tokens": 8, "n": 3}
+    if include_usage:
+        payload["stream_options"] = {"include_usage": True}
+    theirs = per_choice(peers.vllm.chat_stream(payload))
+    assert sorted(theirs) == [0, 1, 2]
+    assert per_choice(peers.serve_stream(payload)) == theirs
+    with peers.local.run(QWEN_ID, {**payload, "stream": True}) as stream:
+        local = [chunk.model_dump(mode="json", exclude_unset=True) for chunk in stream]
+    assert per_choice(local) == theirs
+
+
+def test_a_request_without_model_is_answered_by_the_one_served_as_by_vllm(peers):
+    import httpx
+
+    payload = greedy([user("Hi")], max_tokens=4)
+    theirs = httpx.post(f"{peers.vllm.base_url}/chat/completions", json=payload, timeout=120)
+    ours = httpx.post(f"{peers.serve_url}/chat/completions", json=payload, timeout=120)
+    assert theirs.status_code == ours.status_code == 200
+    assert answer(ours.json()) == answer(theirs.json())

@@ -40,6 +40,7 @@ from .._transport import (
     ChunkStream,
     TransportResponse,
 )
+from .._validation import lone_surrogate_issue
 from ._chat import render_prompt
 from ._constraints import STRICT_LEVELS, GrammarSpec
 from ._engine import ENGINES, Engine
@@ -57,6 +58,7 @@ from ._request import (
     SamplingParams,
     Started,
 )
+from ._response import one_choice_each
 
 log = logging.getLogger("azion_ai")
 
@@ -295,6 +297,9 @@ class LocalTransport(BaseTransport, AsyncBaseTransport):
         self._runs_here(model)
         if request.extra_headers:
             raise LocalBackendError("extra_headers apply to HTTP requests; the local backend sends none (use the remote backend)")
+        surrogate = lone_surrogate_issue(payload)  # validation finds it first; this is validate=False
+        if surrogate is not None:
+            raise ValidationError(model.id, [surrogate])
         n = payload.get("n", 1)
         if isinstance(n, int) and n > self.max_n:
             raise ValidationError(model.id, [ValidationIssue("n", f"{n} choices is over this backend's limit of {self.max_n} (max_n)")])
@@ -331,7 +336,7 @@ class LocalTransport(BaseTransport, AsyncBaseTransport):
         choice = payload.get("tool_choice")
         tools = bool(payload.get("tools"))
         tool_mode = ("named" if isinstance(choice, Mapping) else str(choice or "auto")) if tools else "text"
-        grammar = GrammarSpec.from_payload(payload, self.tool_strict_level)
+        grammar = GrammarSpec.from_payload(payload, self.tool_strict_level, self.any_whitespace)
         try:
             prompt, image_refs = render_prompt(checkpoint.tokenizer, templates, payload["messages"], payload.get("tools"), checkpoint.image_placeholder)
         except (KeyError, TypeError, AttributeError, IndexError) as exc:  # only with validate=False
@@ -375,7 +380,7 @@ class LocalTransport(BaseTransport, AsyncBaseTransport):
                 event = _expect(next_event(), Chunk, Done)
                 if isinstance(event, Done):
                     return
-                yield event.data
+                yield from one_choice_each(event.data)
 
         return TransportResponse(events=ChunkStream(chunks(), job.cancel))  # a job that ended ignores the cancel
 
@@ -426,7 +431,8 @@ class LocalTransport(BaseTransport, AsyncBaseTransport):
                 event = _expect(await next_event(), Chunk, Done)
                 if isinstance(event, Done):
                     return
-                yield event.data
+                for part in one_choice_each(event.data):
+                    yield part
 
         async def release() -> None:
             done()

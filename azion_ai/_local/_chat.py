@@ -8,8 +8,10 @@ calls are parsed back, whole or from a stream of text pieces, by vLLM's rules.
 
 from __future__ import annotations
 
+import decimal
 import functools
 import json
+import math
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -220,7 +222,58 @@ class ParsedPiece:
 _CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>|<tool_call>(.*)", re.DOTALL)
 
 
-def parse_tool_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:
+class _Number(str):
+    """A JSON number as the model wrote it (no float or int conversion that could change it)."""
+
+
+def _not_json(constant: str) -> Any:
+    """``NaN`` / ``Infinity`` are not JSON: a call holding one is malformed (its text stays content)."""
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _number_json(text: str) -> str:
+    """A number laid out as vLLM's ``json.dumps(json.loads(...))`` lays it out where that keeps its
+    value (``1.50`` -> ``1.5``); otherwise the model's own digits: ``1e999`` would become the
+    invalid ``Infinity``, and digits past a float's precision would be lost."""
+    if not any(c in text for c in ".eE"):
+        return text  # an integer: Python's int is exact (and has no digit limit this way)
+    number = float(text)
+    if math.isfinite(number) and decimal.Decimal(repr(number)) == decimal.Decimal(text):
+        return repr(number)
+    return text
+
+
+def _arguments_json(value: Any) -> str:
+    """Arguments as JSON text, always valid JSON, otherwise as vLLM's hermes parser re-dumps them
+    (``json.dumps`` with its default separators, non-ASCII kept)."""
+    if isinstance(value, _Number):
+        return _number_json(value)
+    if isinstance(value, dict):
+        items = (f"{json.dumps(k, ensure_ascii=False)}: {_arguments_json(v)}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_arguments_json(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _json_decoder(forced: bool) -> json.JSONDecoder:
+    """Numbers kept as written, NaN/Infinity refused. In a forced call, raw control characters
+    inside strings are read (and sent on escaped): xgrammar's rule for a string with ``maxLength``
+    lets U+0000-U+001F (but CR and LF) through, which strict JSON forbids unescaped."""
+    return json.JSONDecoder(parse_float=_Number, parse_int=_Number, parse_constant=_not_json, strict=not forced)
+
+
+def _cut_call(body: str) -> Any:
+    """A call's JSON whose end tag was cut off (``{...}</tool_``), or None if the JSON is cut too."""
+    try:
+        obj, end = _json_decoder(True).raw_decode(body.lstrip())
+    except ValueError:
+        return None
+    rest = body.lstrip()[end:].strip()
+    return obj if TOOL_CLOSE.startswith(rest) else None
+
+
+def parse_tool_calls(text: str, forced: bool = False) -> tuple[str | None, list[dict[str, Any]]]:
     """A whole output as content and hermes tool calls, by the rules of vLLM's hermes parser.
 
     Each ``<tool_call>`` body (closed, or open at the end) must be a JSON object with a string
@@ -228,17 +281,32 @@ def parse_tool_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:
     on as a JSON string. If any call fails, there are no calls and the whole output is content.
     With calls, the content is the text before the first ``<tool_call>`` (None if empty); text
     after the calls is dropped.
+
+    ``forced`` (a named or ``"required"`` tool_choice, whose grammar makes every call valid): a
+    last call cut by ``max_tokens`` counts when its JSON is whole (only its end tag is missing),
+    else it is dropped and the calls before it are kept, where vLLM would return no call at all
+    (a deliberate difference, docs/conformance.md).
     """
     if TOOL_OPEN not in text:
         return text, []
     calls: list[dict[str, Any]] = []
     try:
-        for closed, unclosed in _CALL_RE.findall(text):
-            obj = json.loads(closed if closed else unclosed)
+        for match in _CALL_RE.finditer(text):
+            closed, unclosed = match.groups()
+            try:
+                obj = _json_decoder(forced).decode((closed if unclosed is None else unclosed).strip())
+            except ValueError:
+                if not (forced and unclosed is not None):
+                    raise
+                obj = _cut_call(unclosed)
+                if obj is None and calls:
+                    break  # the last call, cut short: keep the whole ones before it
+                if obj is None:
+                    raise
             name, arguments = obj["name"], obj["arguments"]
-            if not isinstance(name, str):
+            if not isinstance(name, str) or isinstance(name, _Number):
                 raise TypeError("name is not a string")
-            body = {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}
+            body = {"name": name, "arguments": _arguments_json(arguments)}
             calls.append({"id": new_tool_call_id(), "type": "function", "function": body})
     except (ValueError, KeyError, TypeError, IndexError):
         return text, []
@@ -255,10 +323,11 @@ class ToolCallParser:
     So a stream ends with the same message as the whole response.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, forced: bool = False) -> None:
         self._text = ""
         self._sent = 0
         self._in_calls = False
+        self._forced = forced
 
     def feed(self, piece: str) -> str:
         """Content that can be sent now."""
@@ -276,7 +345,7 @@ class ToolCallParser:
 
     def finish(self) -> ParsedPiece:
         """End of generation: the rest of the content, or the tool calls."""
-        _, calls = parse_tool_calls(self._text)
+        _, calls = parse_tool_calls(self._text, self._forced)
         rest = "" if calls else self._text[self._sent :]
         self._sent = len(self._text)
         return ParsedPiece(content=rest, tool_calls=calls)

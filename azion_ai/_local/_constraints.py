@@ -42,7 +42,23 @@ def _strict(tool: Mapping[str, Any]) -> bool:
     return (tool.get("function") or {}).get("strict") is True
 
 
-def _hermes_tags(tools: Sequence[Mapping[str, Any]], pin_arguments: bool) -> list[dict[str, Any]]:
+def _compact_json(schema: Any) -> dict[str, Any]:
+    """Tag content for arguments that follow ``schema`` with no whitespace between JSON tokens.
+
+    vLLM 0.32 applies ``disable_any_whitespace`` to JSON schemas only, not to the arguments inside
+    a structural tag, so a forced call on weak weights can pad whitespace until ``max_tokens``.
+    Here the option reaches tool calls too (a documented difference): the arguments become an
+    xgrammar grammar built with vLLM's whitespace-free settings (``separators=(",", ":")``)."""
+    xgr = _xgrammar()
+    grammar = xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False, separators=COMPACT_SEPARATORS)
+    return {"type": "grammar", "grammar": str(grammar)}
+
+
+COMPACT_SEPARATORS = (",", ":")
+"""Between JSON items and after keys when whitespace is off, as vLLM's ``disable_any_whitespace``."""
+
+
+def _hermes_tags(tools: Sequence[Mapping[str, Any]], pin_arguments: bool, any_whitespace: bool = True) -> list[dict[str, Any]]:
     """One tag per tool and layout (with and without newlines inside ``<tool_call>``): the call
     envelope is fixed, the arguments follow the tool's schema when it is strict, else any JSON."""
     tags = []
@@ -51,19 +67,24 @@ def _hermes_tags(tools: Sequence[Mapping[str, Any]], pin_arguments: bool) -> lis
         schema: Any = True
         if pin_arguments or function.get("strict") is True:
             schema = function.get("parameters") if function.get("parameters") is not None else True
-        for begin, end in (('<tool_call>\n{"name": "', "}\n</tool_call>"), ('<tool_call>{"name": "', "}</tool_call>")):
+        content: dict[str, Any]
+        if any_whitespace:
             content = {"type": "json_schema", "json_schema": schema, "style": "json", "any_order": False, "max_whitespace_cnt": None, "excludes": []}
+        else:
+            content = _compact_json(schema)
+        for begin, end in (('<tool_call>\n{"name": "', "}\n</tool_call>"), ('<tool_call>{"name": "', "}</tool_call>")):
             tags.append({"type": "tag", "begin": begin + function["name"] + '", "arguments": ', "content": content, "end": end})
     return tags
 
 
 def hermes_structural_tag(
-    tools: Sequence[Mapping[str, Any]], tool_choice: Any, strict_level: str = "auto", parallel: bool = True
+    tools: Sequence[Mapping[str, Any]], tool_choice: Any, strict_level: str = "auto", parallel: bool = True, any_whitespace: bool = True
 ) -> dict[str, Any] | None:
     """vLLM's structural tag for the hermes tool parser (``--tool-strict-level``): forced calls
     for a named function (exactly one) or ``"required"`` (one or more), and, under ``"auto"``, calls
     constrained once ``<tool_call>`` appears when a tool is ``strict`` or the level asks for it.
-    ``parallel_tool_calls: false`` stops every list of calls after its first."""
+    ``parallel_tool_calls: false`` stops every list of calls after its first; ``any_whitespace=False``
+    leaves no whitespace inside the arguments (see :func:`_compact_json`)."""
     if not tools or tool_choice == "none":
         return None
     level = STRICT_LEVELS.index(strict_level)
@@ -73,11 +94,11 @@ def hermes_structural_tag(
     if isinstance(tool_choice, Mapping):
         name = tool_choice["function"]["name"]
         chosen = [t for t in tools if (t.get("function") or {}).get("name") == name]
-        fmt: dict[str, Any] = {"type": "tags_with_separator", "tags": _hermes_tags(chosen, pin), "separator": "", "at_least_one": True, "stop_after_first": True}
+        fmt: dict[str, Any] = {"type": "tags_with_separator", "tags": _hermes_tags(chosen, pin, any_whitespace), "separator": "", "at_least_one": True, "stop_after_first": True}
     elif tool_choice == "required":
-        fmt = {"type": "tags_with_separator", "tags": _hermes_tags(tools, pin), "separator": "", "at_least_one": True, "stop_after_first": False}
+        fmt = {"type": "tags_with_separator", "tags": _hermes_tags(tools, pin, any_whitespace), "separator": "", "at_least_one": True, "stop_after_first": False}
     else:
-        fmt = {"type": "triggered_tags", "triggers": ["<tool_call>"], "tags": _hermes_tags(tools, pin), "at_least_one": False, "stop_after_first": False, "excludes": []}
+        fmt = {"type": "triggered_tags", "triggers": ["<tool_call>"], "tags": _hermes_tags(tools, pin, any_whitespace), "at_least_one": False, "stop_after_first": False, "excludes": []}
     if not parallel:
         fmt["stop_after_first"] = True
     return {"type": "structural_tag", "format": fmt}
@@ -93,9 +114,9 @@ class GrammarSpec:
     text: str
 
     @classmethod
-    def from_payload(cls, payload: Mapping[str, Any], strict_level: str = "auto") -> GrammarSpec | None:
+    def from_payload(cls, payload: Mapping[str, Any], strict_level: str = "auto", any_whitespace: bool = True) -> GrammarSpec | None:
         parallel = payload.get("parallel_tool_calls") is not False
-        tag = hermes_structural_tag(payload.get("tools") or [], payload.get("tool_choice"), strict_level, parallel)
+        tag = hermes_structural_tag(payload.get("tools") or [], payload.get("tool_choice"), strict_level, parallel, any_whitespace)
         if tag is not None:
             return cls("structural_tag", json.dumps(tag))
         fmt = payload.get("response_format")
@@ -124,7 +145,8 @@ class GrammarCompiler:
         try:
             if spec.kind == "structural_tag":
                 return self._compiler.compile_structural_tag(spec.text)
-            return self._compiler.compile_json_schema(spec.text, any_whitespace=self.any_whitespace)
+            separators = None if self.any_whitespace else COMPACT_SEPARATORS
+            return self._compiler.compile_json_schema(spec.text, any_whitespace=self.any_whitespace, separators=separators)
         except (RuntimeError, ValueError) as exc:
             where = "tools" if spec.kind == "structural_tag" else "response_format.json_schema.schema"
             raise ValidationError(model_id, [ValidationIssue(where, f"cannot be used for constrained decoding: {str(exc)[:300]}")]) from None

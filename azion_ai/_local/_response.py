@@ -31,7 +31,7 @@ class _Choice:
         # checkpoints): the same here, so the parser sees the same text.
         self.decoder = IncrementalDecoder(tokenizer, skip_special_tokens=tool_mode in ("none", "text"))
         self.mode = tool_mode
-        self.parser = ToolCallParser() if tool_mode in ("auto", "named", "required") else None
+        self.parser = ToolCallParser(forced=tool_mode in ("named", "required")) if tool_mode in ("auto", "named", "required") else None
         self.stops = stops
         self._hold = max((len(s) for s in stops), default=1) - 1  # never leak a partial stop string
         self._text = ""  # all text so far, cut at a matched stop string
@@ -122,6 +122,15 @@ def logprob_entry(tokenizer: Any, token: int, logprob: float, top: Sequence[tupl
         return {"token": text, "logprob": max(lp, -9999.0), "bytes": list(text.encode("utf-8", errors="replace"))}
 
     return {**item(token, logprob), "top_logprobs": [item(t, lp) for t, lp in top]}
+
+
+def one_choice_each(chunk: dict[str, Any]) -> list[dict[str, Any]]:
+    """A chunk as vLLM and OpenAI send it: one choice per chunk (clients read ``choices[0]``), so
+    a step of ``n > 1`` choices goes out as one chunk per choice, in index order."""
+    choices = chunk.get("choices") or ()
+    if len(choices) <= 1:
+        return [chunk]
+    return [{**chunk, "choices": [choice]} for choice in choices]
 
 
 class ResponseBuilder:
