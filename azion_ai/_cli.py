@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="auto")
     serve.add_argument("--static-cache", action="store_true", help="static KV cache")
     serve.add_argument("--compile", action="store_true", help="static cache + torch.compile (CUDA graphs on GPU)")
-    serve.add_argument("--max-batch-size", type=int, default=1, metavar="N", help="run up to N waiting requests together")
+    serve.add_argument("--max-batch-size", type=int, default=None, metavar="N", help="decode up to N rows together (default 8)")
     serve.add_argument("--awq-kernel", choices=AWQ_KERNELS, help="gptqmodel kernel for AWQ layers")
     serve.add_argument("--chat-template", metavar="FILE", help="chat template for every request (as vLLM's --chat-template)")
     serve.add_argument("--max-model-len", type=int, metavar="N", help="context length, prompt + output (as vLLM's)")
