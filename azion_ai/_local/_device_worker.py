@@ -36,10 +36,11 @@ class Runner(Protocol):
 
 def device_key(device: Any) -> str:
     """One name per device: "cuda" is "cuda:<current index>", "cpu" is "cpu"."""
-    kind = getattr(device, "type", None) or str(device).split(":")[0]
-    index = getattr(device, "index", None)
-    if index is None and ":" in str(device):
-        index = int(str(device).split(":")[1])
+    if isinstance(device, str):
+        kind, _, number = device.partition(":")
+        index: int | None = int(number) if number else None
+    else:
+        kind, index = device.type, device.index
     if kind == "cuda" and index is None:
         import torch
 
