@@ -198,8 +198,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.tool_strict_level:
         speed["tool_strict_level"] = args.tool_strict_level
     speed.update(_engine_choice(args))
+    _show_progress()
     serve(models, host=args.host, port=args.port, device=args.device, api_key=api_key, **speed)
     return EXIT_OK
+
+
+def _show_progress() -> None:
+    """What the server is doing while it loads (weights, compiling, warming up) on stderr, one
+    line each, even when other logging is quieted."""
+    import logging
+
+    progress = logging.getLogger("azion_ai.progress")
+    progress.setLevel(logging.INFO)
+    if not progress.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("azion-ai: %(message)s"))
+        progress.addHandler(handler)
+        progress.propagate = False
 
 
 def _engine_choice(args: argparse.Namespace) -> dict[str, Any]:

@@ -168,3 +168,13 @@ def test_out_of_memory_in_a_decode_step_fails_its_rows_and_the_model_serves_on(t
         finally:
             hook.remove()
         assert ai.run(INTERNVL_ID, SHORT).choices[0].message.content == expected
+
+
+def test_loading_says_what_it_is_doing(tiny_dirs, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="azion_ai.progress")
+    with AI(backend="local", models={INTERNVL_ID: str(tiny_dirs[INTERNVL_ID])}, device="cpu") as ai:
+        ai.transport.load(INTERNVL_ID)
+    lines = [r.getMessage() for r in caplog.records if r.name == "azion_ai.progress"]
+    assert any("loading the weights" in line for line in lines) and any("ready on cpu" in line for line in lines)

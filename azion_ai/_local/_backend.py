@@ -62,6 +62,7 @@ from ._request import (
 from ._response import one_choice_each
 
 log = logging.getLogger("azion_ai")
+progress = logging.getLogger("azion_ai.progress")  # loading, compiling, warming up: shown by `azion-ai serve`
 
 ENV_MODELS_DIR = "AZION_AI_MODELS_DIR"
 # Parameters that change an answer and that the local backend does not implement: refused with a
@@ -270,10 +271,10 @@ class LocalTransport(BaseTransport, AsyncBaseTransport):
         from ._loading import load_model
 
         began = time.monotonic()
-        log.info("%s: loading the weights from %s", model.id, path)
+        progress.info("%s: loading the weights from %s", model.id, path)
         loaded = load_model(model.id, model.family, path, self.device, self.awq_kernel)
         engine = TransformersEngine(loaded, self.transformers_options)
-        log.info("%s: ready on %s in %.1f s", model.id, loaded.device, time.monotonic() - began)
+        progress.info("%s: ready on %s in %.1f s", model.id, loaded.device, time.monotonic() - began)
         return engine
 
     def close(self) -> None:

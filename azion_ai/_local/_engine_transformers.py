@@ -29,6 +29,7 @@ from ._response import ResponseBuilder
 from ._sampling import Penalties, RowSampler, logprobs
 
 log = logging.getLogger("azion_ai")
+progress = logging.getLogger("azion_ai.progress")  # loading, compiling, warming up: shown by `azion-ai serve`
 
 
 @dataclass(frozen=True)
@@ -502,7 +503,7 @@ class TransformersEngine:
         from ._request import PreparedRequest
 
         began = time.monotonic()
-        log.info("%s: compiling the decode step (torch.compile, once per process and shape; this can take a minute)", self.loaded.model_id)
+        progress.info("%s: compiling the decode step (torch.compile, once per process and shape; this can take a minute)", self.loaded.model_id)
         done = threading.Event()
         failures: list[BaseException] = []
 
@@ -519,9 +520,9 @@ class TransformersEngine:
         self.submit(Job(request, emit))
         done.wait()
         if failures:
-            log.warning("%s: warm-up failed (%s); the first request will compile", self.loaded.model_id, failures[0])
+            progress.warning("%s: warm-up failed (%s); the first request will compile", self.loaded.model_id, failures[0])
         else:
-            log.info("%s: decode step compiled and warmed up in %.1f s", self.loaded.model_id, time.monotonic() - began)
+            progress.info("%s: decode step compiled and warmed up in %.1f s", self.loaded.model_id, time.monotonic() - began)
 
     # -- the reference path: generate() -------------------------------------------------------
 
