@@ -178,3 +178,25 @@ def test_loading_says_what_it_is_doing(tiny_dirs, caplog):
         ai.transport.load(INTERNVL_ID)
     lines = [r.getMessage() for r in caplog.records if r.name == "azion_ai.progress"]
     assert any("loading the weights" in line for line in lines) and any("ready on cpu" in line for line in lines)
+
+
+def test_each_row_keeps_its_own_sampling_inside_a_batch(tiny_dirs):
+    """A seeded, penalised, biased request with logprobs draws the same tokens alone and while
+    decoding beside another request (its own generator and state per row)."""
+    with AI(backend="local", models={INTERNVL_ID: str(tiny_dirs[INTERNVL_ID])}, device="cpu") as ai:
+        engine = _engine(ai, INTERNVL_ID)
+        seeded = {**SHORT, "max_tokens": 12, "temperature": 1.3, "top_p": 0.95, "seed": 11, "frequency_penalty": 0.7,
+                  "logit_bias": {"5": 3.0}, "logprobs": True, "top_logprobs": 2}
+        alone = ai.run(INTERNVL_ID, seeded)
+        no_eos = {str(t): -100 for t in engine.checkpoint.eos_token_ids}
+        stream = ai.run(INTERNVL_ID, {**SHORT, "max_tokens": 3000, "stream": True, "logit_bias": no_eos, "temperature": 0.9})
+        next(iter(stream))
+        before = len(engine.batch_sizes)
+        beside = ai.run(INTERNVL_ID, seeded)
+        stream.close()
+        assert max(engine.batch_sizes[before:]) == 2  # it really decoded beside the other request
+        assert beside.choices[0].message.content == alone.choices[0].message.content
+        def tokens(answer):
+            return [entry["token"] for entry in answer.model_dump()["choices"][0]["logprobs"]["content"]]
+
+        assert tokens(beside) == tokens(alone) and len(tokens(alone)) == alone.usage.completion_tokens
