@@ -198,8 +198,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.tool_strict_level:
         speed["tool_strict_level"] = args.tool_strict_level
     speed.update(_engine_choice(args))
+    _show_progress()
     serve(models, host=args.host, port=args.port, device=args.device, api_key=api_key, **speed)
     return EXIT_OK
+
+
+def _show_progress() -> None:
+    """What the server is doing while it loads (weights, compiling, warming up) on stderr, one
+    line each, even when other logging is quieted."""
+    import logging
+
+    progress = logging.getLogger("azion_ai.progress")
+    progress.setLevel(logging.INFO)
+    if not progress.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("azion-ai: %(message)s"))
+        progress.addHandler(handler)
+        progress.propagate = False
 
 
 def _engine_choice(args: argparse.Namespace) -> dict[str, Any]:
@@ -271,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="auto")
     serve.add_argument("--static-cache", action="store_true", help="static KV cache")
     serve.add_argument("--compile", action="store_true", help="static cache + torch.compile (CUDA graphs on GPU)")
-    serve.add_argument("--max-batch-size", type=int, default=1, metavar="N", help="run up to N waiting requests together")
+    serve.add_argument("--max-batch-size", type=int, default=None, metavar="N", help="decode up to N rows together (default 8)")
     serve.add_argument("--awq-kernel", choices=AWQ_KERNELS, help="gptqmodel kernel for AWQ layers")
     serve.add_argument("--chat-template", metavar="FILE", help="chat template for every request (as vLLM's --chat-template)")
     serve.add_argument("--max-model-len", type=int, metavar="N", help="context length, prompt + output (as vLLM's)")

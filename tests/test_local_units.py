@@ -76,30 +76,32 @@ def test_incremental_decoder_never_splits_a_character():
 
 def test_penalties_follow_openai_semantics():
     torch = pytest.importorskip("torch")
-    from azion_ai._local._engine_transformers import _Penalties
     from azion_ai._local._request import SamplingParams
+    from azion_ai._local._sampling import Penalties
 
-    prompt = [[5, 5, 5]]
-    generated = [[1, 1, 2]]
-    ids = torch.tensor([prompt[0] + generated[0]])
-    scores = torch.zeros(1, 6)
     params = SamplingParams.resolve({"presence_penalty": 0.5, "frequency_penalty": 0.25})
-    out = _Penalties(params, torch.ones(1, 3, dtype=torch.bool))(ids, scores)
+    penalties = Penalties(params, torch.tensor([[5, 5, 5]]), rows=1, width=6)
+    for token in (1, 1, 2):  # generated, one step at a time
+        penalties.update(torch.tensor([[token]]))
+    out = penalties(torch.zeros(1, 6))
     assert out[0].tolist() == [0.0, -(0.5 + 2 * 0.25), -(0.5 + 0.25), 0.0, 0.0, 0.0]  # prompt token 5 untouched
 
 
-def test_repetition_penalty_covers_prompt_and_output_but_not_padding():
+def test_repetition_penalty_covers_prompt_and_output():
     torch = pytest.importorskip("torch")
-    from azion_ai._local._engine_transformers import _Penalties
     from azion_ai._local._request import SamplingParams
+    from azion_ai._local._sampling import Penalties
 
     params = SamplingParams.resolve({"repetition_penalty": 2.0})
-    ids = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 5]])  # row 0: two pads (id 0) on the left; output 4 / 5
-    mask = torch.tensor([[False, False, True], [True, True, True]])
     scores = torch.tensor([[2.0, 2.0, 2.0, 2.0, -2.0, 2.0]] * 2)
-    out = _Penalties(params, mask)(ids, scores)
-    assert out[0].tolist() == [2.0, 2.0, 2.0, 1.0, -4.0, 2.0]  # pad id 0 untouched
-    assert out[1].tolist() == [2.0, 1.0, 1.0, 1.0, -2.0, 1.0]
+    one = Penalties(params, torch.tensor([[3]]), rows=1, width=6)  # prompt [3], output 4
+    one.update(torch.tensor([[4]]))
+    assert one(scores[:1])[0].tolist() == [2.0, 2.0, 2.0, 1.0, -4.0, 2.0]
+    two = Penalties(params, torch.tensor([[1, 2, 3]]), rows=2, width=6)  # n=2 rows of one prompt
+    two.update(torch.tensor([[5], [4]]))
+    out = two(scores)
+    assert out[0].tolist() == [2.0, 1.0, 1.0, 1.0, -2.0, 1.0]
+    assert out[1].tolist() == [2.0, 1.0, 1.0, 1.0, -4.0, 2.0]
 
 
 HISTORY = [

@@ -17,6 +17,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ from ._request import (
 from ._response import one_choice_each
 
 log = logging.getLogger("azion_ai")
+progress = logging.getLogger("azion_ai.progress")  # loading, compiling, warming up: shown by `azion-ai serve`
 
 ENV_MODELS_DIR = "AZION_AI_MODELS_DIR"
 # Parameters that change an answer and that the local backend does not implement: refused with a
@@ -111,7 +113,7 @@ class LocalTransport(BaseTransport, AsyncBaseTransport):
         lora: str | None = None,
         static_cache: bool = False,
         compile: bool = False,
-        max_batch_size: int = 1,
+        max_batch_size: int | None = None,
         awq_kernel: str | None = None,
         fast_decode: bool = True,
         any_whitespace: bool = True,
@@ -134,7 +136,7 @@ class LocalTransport(BaseTransport, AsyncBaseTransport):
         self.engine_options = dict(engine_options or {})
         if engine == "vllm":
             tuned = {
-                "static_cache": static_cache, "compile": compile, "max_batch_size": max_batch_size != 1,
+                "static_cache": static_cache, "compile": compile, "max_batch_size": max_batch_size is not None,
                 "awq_kernel": awq_kernel is not None, "fast_decode": not fast_decode,
             }
             given = [name for name, changed in tuned.items() if changed]
@@ -161,13 +163,13 @@ class LocalTransport(BaseTransport, AsyncBaseTransport):
         if lora is not None and lora not in self.lora_adapters:
             raise ValueError(f"lora={lora!r} is not among lora_adapters ({', '.join(sorted(self.lora_adapters)) or 'none'})")
         self.default_lora = lora
-        # Decode-path speed options: a static KV cache, and torch.compile of the decoding step on
-        # top of it (on CUDA in "reduce-overhead" mode, i.e. replayed as CUDA graphs), AWQ
-        # models included. max_batch_size > 1: requests waiting for a model's worker that share
-        # sampling settings and carry no images run together in one generate() call
-        # (left-padded). awq_kernel picks gptqmodel's kernel for AWQ layers. fast_decode: a lone
-        # request runs our own token loop rather than generate() (same tokens, less per-step work).
-        if max_batch_size < 1:
+        # Decode-path speed options: max_batch_size rows (a request's n choices each count) decode
+        # together, requests joining and leaving between steps (None: 8); a static KV cache, and
+        # torch.compile of the decoding step on top of it (on CUDA in "reduce-overhead" mode,
+        # i.e. replayed as CUDA graphs), AWQ models included, one request at a time. awq_kernel
+        # picks gptqmodel's kernel for AWQ layers. fast_decode=False: requests without
+        # per-request parts run through transformers' generate() (a reference path).
+        if max_batch_size is not None and max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         if awq_kernel is not None and awq_kernel not in AWQ_KERNELS:
             raise ValueError(f"awq_kernel must be one of {', '.join(AWQ_KERNELS)} (or None), got {awq_kernel!r}")
@@ -183,7 +185,8 @@ class LocalTransport(BaseTransport, AsyncBaseTransport):
         # whitespace until max_tokens (vLLM: structured_outputs disable_any_whitespace).
         self.any_whitespace = any_whitespace
         self.transformers_options = TransformersOptions(
-            static_cache=static_cache, compile=compile, max_batch_size=max_batch_size, fast_decode=fast_decode, any_whitespace=any_whitespace
+            static_cache=static_cache, compile=compile, fast_decode=fast_decode, any_whitespace=any_whitespace,
+            **({"max_batch_size": max_batch_size} if max_batch_size is not None else {}),
         )
         self._engines: dict[str, Engine] = {}
         self._load_locks: dict[str, threading.Lock] = {}
@@ -267,8 +270,12 @@ class LocalTransport(BaseTransport, AsyncBaseTransport):
         from ._engine_transformers import TransformersEngine
         from ._loading import load_model
 
+        began = time.monotonic()
+        progress.info("%s: loading the weights from %s", model.id, path)
         loaded = load_model(model.id, model.family, path, self.device, self.awq_kernel)
-        return TransformersEngine(loaded, self.transformers_options)
+        engine = TransformersEngine(loaded, self.transformers_options)
+        progress.info("%s: ready on %s in %.1f s", model.id, loaded.device, time.monotonic() - began)
+        return engine
 
     def close(self) -> None:
         """Stop the engines and free the models' memory."""

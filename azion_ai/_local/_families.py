@@ -35,6 +35,15 @@ class Family:
         """Reset what a model keeps between requests (the transformers engine's token step)."""
         return None
 
+    def take_rope_delta(self, model: Any) -> int:
+        """After a prefill: how far the request's rope positions run ahead of its token count
+        (Qwen2.5-VL's 3D rope with images), taken off the model so no other request sees it."""
+        return 0
+
+    def decode_positions(self, positions: Any) -> Any:
+        """The ``position_ids`` of one decode step from each row's position ([rows] tensor)."""
+        return positions.view(-1, 1)
+
 
 @dataclass(frozen=True)
 class _Qwen25VL(Family):
@@ -53,6 +62,18 @@ class _Qwen25VL(Family):
         inner: Any = getattr(model, "model", None)
         if getattr(inner, "rope_deltas", None) is not None:
             inner.rope_deltas = None  # the last request's 3D-rope offsets, kept on the model
+
+    def take_rope_delta(self, model: Any) -> int:
+        inner: Any = getattr(model, "model", None)
+        delta = getattr(inner, "rope_deltas", None)
+        if delta is None:
+            return 0
+        inner.rope_deltas = None
+        return int(delta.reshape(-1)[0])
+
+    def decode_positions(self, positions: Any) -> Any:
+        rows = positions.shape[0]
+        return positions.view(1, rows, 1).expand(3, rows, 1)  # temporal, height, width: text tokens share one
 
 
 @dataclass(frozen=True)
