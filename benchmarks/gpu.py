@@ -2,7 +2,7 @@
 
     python3 benchmarks/gpu.py --out results/             # on a GPU: real shapes, default options
     python3 benchmarks/gpu.py --smoke                    # tiny shapes on CPU: runs, proves nothing
-    python3 benchmarks/gpu.py --compile on --max-batch-size 8 --out results/   # options under test
+    python3 benchmarks/gpu.py --compile --max-batch-size 8 --out results/   # options under test
     python3 benchmarks/gpu.py --plot-from results/       # redraw the plot where matplotlib is
     .venv/bin/python benchmarks/gpu.py --engine both --smoke   # transformers (.venv) and vLLM
                                                                # (.venv-vllm), one table, with ratios
@@ -415,11 +415,23 @@ def concurrent(ai: Any, model_id: str, payload: dict[str, Any], many: int) -> tu
     return sum(done) / (time.perf_counter() - t), sum(done), errors
 
 
+def attempt(res: Results, label: str, measure: str, options: str, fn: Any) -> Any:
+    """``fn()``, or None with a row saying how it failed: one failure costs its rows, not the run."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - the row reports it
+        first = " ".join(str(exc).split())[:240]
+        res.add(label, measure, None, "", options, f"failed: {type(exc).__name__}: {first}")
+        return None
+
+
 def bench_model(
     res: Results, model_id: str, label: str, directory: Path, device: str, ai_options: dict[str, Any],
     args: argparse.Namespace, budget: Budget, bandwidth: float | None,
 ) -> None:
-    """One model's rows through the SDK, then the bare generate() rows; stops at the budget."""
+    """One model's rows through the SDK, then the bare generate() rows; stops at the budget.
+    Requests are greedy (temperature 0) and otherwise default: Qwen's keep the checkpoint's
+    repetition_penalty 1.05, as a user's would."""
     from azion_ai import AI
 
     opts = f"device={device}, {describe(ai_options)}"
@@ -432,51 +444,80 @@ def bench_model(
     reset_memory_peak(device)
     with AI(backend="local", models={model_id: str(directory)}, device=device, **ai_options) as ai:
         t = time.perf_counter()
-        ai.transport.load(model_id)
+        if attempt(res, label, "load (ai.transport.load)", opts, lambda: ai.transport.load(model_id) or True) is None:
+            return
         res.add(label, "load (ai.transport.load)", time.perf_counter() - t, "s", opts)
-        whole, _, _, n = timed_stream(ai, model_id, text)
-        res.add(label, "first request after load (warm-up included)", whole, "s", f"{opts}; {shape}, stream", f"{n} tokens")
-        rounds = []
-        for _ in range(args.rounds):
-            if rounds and not budget.allows(rounds[-1][0] * 1.5):
-                break
-            rounds.append(timed_stream(ai, model_id, text))
-        steady = statistics.median(r[0] for r in rounds)
-        res.add(label, "batch-1 decode via ai.run (stream)", statistics.median(r[2] for r in rounds), "tok/s", f"{opts}; {shape}, stream, median of {len(rounds)}", f"{statistics.median(r[3] for r in rounds):.0f} tokens, request {steady:.2f} s")
-        if bandwidth:
-            ceiling = res.value(label, "ceiling: weight bytes per token / copy bandwidth")
-            decoded = res.value(label, "batch-1 decode via ai.run (stream)")
-            if ceiling and decoded == decoded and decoded is not None:
-                res.add(label, "batch-1 decode via ai.run / ceiling", decoded / ceiling * 100, "%", opts)
-        for name, payload in (("text prompt", prompt_payload(args.prompt_tokens, 1)), ("one 448x448 image", image_payload())):
+        first = attempt(res, label, "first request after load (warm-up included)", opts, lambda: timed_stream(ai, model_id, text))
+        if first is None:
+            res.add(label, "the other ai.run rows", None, "", opts, "skipped: the first request failed")
+        else:
+            res.add(label, "first request after load (warm-up included)", first[0], "s", f"{opts}; {shape}, stream", f"{first[3]} tokens")
+            sdk_rows(res, ai, model_id, label, opts, shape, text, args, budget, bandwidth)
+        peak, what = memory_peak(device)
+        res.add(label, "peak memory", peak, "GB", opts, what)
+    if args.engine == "transformers" and budget.allows(30):
+        attempt(res, label, "batch-1 decode via bare model.generate()", "transformers alone", lambda: bare_generate(res, label, directory, device, args, budget, ai_options.get("awq_kernel")))
+
+
+def sdk_rows(
+    res: Results, ai: Any, model_id: str, label: str, opts: str, shape: str, text: dict[str, Any],
+    args: argparse.Namespace, budget: Budget, bandwidth: float | None,
+) -> None:
+    """Batch-1 decode, time to first token and concurrency through ``ai.run``."""
+    rounds: list[tuple[float, float, float, int]] = []
+    for _ in range(args.rounds):
+        if rounds and not budget.allows(rounds[-1][0] * 1.5):
+            break
+        got = attempt(res, label, "batch-1 decode via ai.run (stream)", opts, lambda: timed_stream(ai, model_id, text))
+        if got is None:
+            return
+        rounds.append(got)
+    steady = statistics.median(r[0] for r in rounds)
+    res.add(label, "batch-1 decode via ai.run (stream)", statistics.median(r[2] for r in rounds), "tok/s", f"{opts}; {shape}, stream, median of {len(rounds)}", f"{statistics.median(r[3] for r in rounds):.0f} tokens, request {steady:.2f} s")
+    ceiling = res.value(label, "ceiling: weight bytes per token / copy bandwidth")
+    decoded = res.value(label, "batch-1 decode via ai.run (stream)")
+    if bandwidth and ceiling and decoded is not None and decoded == decoded:
+        res.add(label, "batch-1 decode via ai.run / ceiling", decoded / ceiling * 100, "%", opts)
+    for name, payload in (("text prompt", prompt_payload(args.prompt_tokens, 1)), ("one 448x448 image", image_payload())):
+        measure = f"time to first token, {name}"
+
+        def ttft(payload: dict[str, Any] = payload) -> tuple[list[float], int]:
             ai.run(model_id, payload)  # the path's own warm-up (the image processor, the vision tower)
-            times, prompt = [], 0
+            times: list[float] = []
+            prompt = 0
             for _ in range(max(args.rounds, 3)):
                 if times and not budget.allows(times[-1] * 2):
                     break
                 t = time.perf_counter()
                 prompt = ai.run(model_id, payload).usage.prompt_tokens
                 times.append(time.perf_counter() - t)
-            res.add(label, f"time to first token, {name}", statistics.median(times) * 1000, "ms", f"{opts}; whole request, max_tokens=1, median of {len(times)}", f"{prompt}-token prompt")
-        few = prompt_payload(args.prompt_tokens, args.concurrent_new_tokens)
-        single = None
-        for many in (1, *args.concurrency):
-            worst = (steady * args.concurrent_new_tokens / max(args.new_tokens, 1)) * many  # if nothing batches
-            if not budget.allows(worst * 1.2):
-                res.add(label, concurrent_measure(many), None, "tok/s", opts, f"skipped: up to {worst:.0f} s needed, {budget.left():.0f} s left")
-                continue
+            return times, prompt
+
+        got = attempt(res, label, measure, opts, ttft)
+        if got is not None:
+            res.add(label, measure, statistics.median(got[0]) * 1000, "ms", f"{opts}; whole request, max_tokens=1, median of {len(got[0])}", f"{got[1]}-token prompt")
+    few = prompt_payload(args.prompt_tokens, args.concurrent_new_tokens)
+    single = None
+    for many in (1, *args.concurrency):
+        worst = (steady * args.concurrent_new_tokens / max(args.new_tokens, 1)) * many  # if nothing batches
+        if not budget.allows(worst * 1.2):
+            res.add(label, concurrent_measure(many), None, "tok/s", opts, f"skipped: up to {worst:.0f} s needed, {budget.left():.0f} s left")
+            continue
+
+        def measure_many(many: int = many) -> tuple[float, int, list[BaseException]]:
             concurrent(ai, model_id, {**few, "max_tokens": 2}, many)  # warm-up at this size
-            rate, tokens, errors = concurrent(ai, model_id, few, many)
-            note = f"{tokens} tokens in all" + (f"; {len(errors)} failed: {type(errors[0]).__name__}: {str(errors[0])[:120]}" if errors else "")
-            res.add(label, concurrent_measure(many), rate, "tok/s", f"{opts}; {args.prompt_tokens}-word prompts, {args.concurrent_new_tokens} new tokens each", note)
-            if many == 1:
-                single = rate
-            elif single:
-                res.add(label, f"{many} concurrent requests / one", rate / single, "x", opts)
-        peak, what = memory_peak(device)
-        res.add(label, "peak memory", peak, "GB", opts, what)
-    if args.engine == "transformers" and budget.allows(30):
-        bare_generate(res, label, directory, device, args, budget, ai_options.get("awq_kernel"))
+            return concurrent(ai, model_id, few, many)
+
+        got = attempt(res, label, concurrent_measure(many), opts, measure_many)
+        if got is None:
+            continue
+        rate, tokens, errors = got
+        note = f"{tokens} tokens in all" + (f"; {len(errors)} failed: {type(errors[0]).__name__}: {str(errors[0])[:120]}" if errors else "")
+        res.add(label, concurrent_measure(many), rate, "tok/s", f"{opts}; {args.prompt_tokens}-word prompts, {args.concurrent_new_tokens} new tokens each", note)
+        if many == 1:
+            single = rate
+        elif single:
+            res.add(label, f"{many} concurrent requests / one", rate / single, "x", opts)
 
 
 def bare_generate(res: Results, label: str, directory: Path, device: str, args: argparse.Namespace, budget: Budget, kernel: str | None) -> None:
@@ -624,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="8,32", help="comma-separated numbers of concurrent requests (1 is always measured)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--engine", choices=["transformers", "vllm", "both"], default="transformers")
-    parser.add_argument("--compile", choices=["on", "off"], default=None, help="AI(compile=...); unset: the engine's default")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="AI(compile=True/False); unset: the engine's default")
     parser.add_argument("--max-batch-size", type=int, default=None, help="AI(max_batch_size=...); unset: the engine's default")
     parser.add_argument("--ai-option", type=parse_ai_option, action="append", default=[], metavar="KEY=VALUE", help="any other AI(...) option, VALUE as JSON")
     parser.add_argument("--awq-kernel", default=None, help="comma-separated gptqmodel AWQ kernels: Qwen's rows once per kernel")
@@ -666,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
         options = {"engine": "vllm", "engine_options": {"max_num_seqs": max((1, *args.concurrency))}}
     else:
         if args.compile is not None:
-            options["compile"] = args.compile == "on"
+            options["compile"] = args.compile
         if args.max_batch_size is not None:
             options["max_batch_size"] = args.max_batch_size
         if args.static_cache:

@@ -62,7 +62,7 @@ def test_gpu_benchmark_writes_its_rows_as_it_goes(tiny_dirs, tiny_cache, tmp_pat
     assert "INCOMPLETE" in (killed / "gpu-results.md").read_text()
 
     done = tmp_path / "done"
-    out = subprocess.run([sys.executable, script, "--smoke", "--models", "internvl", "--compile", "off", "--out", str(done)], env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, script, "--smoke", "--models", "internvl", "--no-compile", "--out", str(done)], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     data = json.loads((done / "gpu-results.json").read_text())
     assert data["complete"]

@@ -17,7 +17,7 @@ import threading
 import gpu_fixtures
 import pytest
 from conftest import png_data_uri
-from engine_behaviour import CITY, HELLO, WEATHER, ask, with_image
+from engine_behaviour import CITY, HELLO, ask, with_image
 from gpu_fixtures import PATHS, QWEN, cuda_only, needs_gptqmodel
 
 import azion_ai
