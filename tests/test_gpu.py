@@ -18,15 +18,14 @@ import gpu_fixtures
 import pytest
 from conftest import png_data_uri
 from engine_behaviour import CITY, HELLO, ask, with_image
-from gpu_fixtures import PATHS, QWEN, cuda_only, needs_gptqmodel
+from gpu_fixtures import INTERNVL, PATHS, QWEN, cuda_only, needs_gptqmodel
 
 import azion_ai
 from azion_ai import AI
 
 pytestmark = pytest.mark.gpu
 gpu_device, gpu_dirs = gpu_fixtures.gpu_device, gpu_fixtures.gpu_dirs  # fixtures
-BOTH = [QWEN, "opengvlab-internvl3-1b-instruct"]
-INTERNVL = BOTH[1]
+BOTH = [QWEN, INTERNVL]
 
 
 def text(completion) -> str:
