@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -92,7 +93,10 @@ def png_data_uri(color=(200, 30, 30), size=(64, 48), fmt="PNG") -> str:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked gpu run only where torch sees a CUDA device; elsewhere they are skipped, named."""
+    """Tests marked gpu run only where torch sees a CUDA device; elsewhere they are skipped, named.
+    AZION_AI_GPU_SUITE_DEVICE=cpu runs them on the CPU, to check the suite itself (gpu_fixtures.py)."""
+    if os.environ.get("AZION_AI_GPU_SUITE_DEVICE") == "cpu":
+        return
     try:
         import torch
 
