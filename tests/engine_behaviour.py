@@ -198,6 +198,21 @@ def test_forced_tool_calls_and_json_output(engine_client):
     assert out.finish_reason == "stop" and json.loads(out.message.content)["city"] in ("Paris", "Rome")
 
 
+@pytest.mark.parametrize("model_id", BOTH)
+def test_a_grammar_holds_for_every_sampled_choice(engine_client, model_id):
+    """n sampled choices under one JSON schema: each ends when its JSON does, while the others go
+    on (a finished choice's grammar must not be asked for another token)."""
+    from jsonschema import validate
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "c", "schema": CITY}}
+    for seed in (1, 2, 3):
+        payload = ask("A city, as JSON", n=3, seed=seed, temperature=1.0, top_p=1.0, top_k=0, max_tokens=60, response_format=fmt)
+        done = engine_client.run(model_id, payload)
+        for choice in done.choices:
+            validate(json.loads(choice.message.content), CITY)
+            assert choice.finish_reason == "stop"
+
+
 def test_stop_strings_and_logprobs(engine_client):
     free = engine_client.run(QWEN, ask("Hello", max_tokens=16)).choices[0].message.content
     stop = next((ch for ch in free[3:] if ch.strip()), None)

@@ -166,7 +166,10 @@ class Constraint:
     def mask(self, scores: Any) -> Any:
         """Forbid, in place, every token the grammar does not allow next."""
         for row, matcher in enumerate(self.matchers):
-            matcher.fill_next_token_bitmask(self.bitmask, row)
+            if matcher.is_terminated():  # this choice ended while others go on: its token is unused
+                self.bitmask[row].fill_(-1)
+            else:
+                matcher.fill_next_token_bitmask(self.bitmask, row)
         width = scores.shape[-1]
         self._xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device), vocab_size=width)
         return scores
