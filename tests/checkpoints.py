@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +45,81 @@ QWEN25_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpf
 REMOTE_CODE_MARKER = "remote-code-ran"
 
 
+# InternVL3's original tensor names -> transformers' native ones, as transformers' conversion
+# script (convert_internvl_weights_to_hf.py) publishes them (../shared/REFERENCE.md, "The real
+# checkpoints' files"). Written here as data, independently of azion_ai's own table, so that a
+# wrong entry in the loader cannot hide behind a test checkpoint built with the same mistake.
+PUBLISHED_PREFIXES = [
+    ("vision_model.", "model.vision_tower."),
+    ("mlp1.0.", "model.multi_modal_projector.layer_norm."),
+    ("mlp1.1.", "model.multi_modal_projector.linear_1."),
+    ("mlp1.3.", "model.multi_modal_projector.linear_2."),
+    ("language_model.model.", "model.language_model."),
+    ("language_model.lm_head.", "lm_head."),
+]
+PUBLISHED_VISION_PARTS = [  # inside the vision tower, whole dotted segments, in this order
+    ("layers", "layer"),
+    ("class_embedding", "cls_token"),
+    ("position_embedding", "position_embeddings"),
+    ("patch_embedding", "patch_embeddings.projection"),
+    ("ls1", "lambda_1"),
+    ("ls2", "lambda_2"),
+    ("attn.proj", "attention.projection_layer"),
+    ("attn", "attention"),
+    ("norm1", "layernorm_before"),
+    ("norm2", "layernorm_after"),
+]
+
+
+def _segments(name: str, old: str, new: str) -> str:
+    return re.sub(rf"(^|\.){re.escape(old)}(?=\.|$)", lambda m: m.group(1) + new, name)
+
+
+def published_native_name(original: str) -> str:
+    """transformers' native name for an original tensor name (not the fused qkv), by the published rules."""
+    for old, new in PUBLISHED_PREFIXES:
+        if original.startswith(old):
+            rest = original[len(old):]
+            if old == "vision_model.":
+                for part_old, part_new in PUBLISHED_VISION_PARTS:
+                    rest = _segments(rest, part_old, part_new)
+            return new + rest
+    raise KeyError(original)
+
+
+def published_original_name(native: str) -> str:
+    """The published rules read backwards (longest native segment first), checked by reading them forwards."""
+    for old, new in PUBLISHED_PREFIXES:
+        if native.startswith(new):
+            rest = native[len(new):]
+            if old == "vision_model.":
+                for part_old, part_new in sorted(PUBLISHED_VISION_PARTS, key=lambda p: -len(p[1])):
+                    rest = _segments(rest, part_new, part_old)
+            original = old + rest
+            assert published_native_name(original) == native, (native, original)
+            return original
+    raise KeyError(native)
+
+
+_NATIVE_QKV = re.compile(r"^model\.vision_tower\.encoder\.layer\.(\d+)\.attention\.([qkv])_proj\.(weight|bias)$")
+
+
+def native_state_dict(hf_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The -hf checkpoint's tensors under transformers' native names, as transformers loads them."""
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(str(hf_dir), dtype="auto")
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
 def build_internvl3_original(hf_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, swap_qk: bool = False) -> Path:
     """The tiny InternVL3 in InternVL's original layout (``internvl_chat``), built from the tiny
-    ``-hf`` directory by the inverse of the loader's mapping: the same weights, fused vision qkv,
+    ``-hf`` directory by the published conversion mapping read backwards (not the loader's table): the same weights, fused vision qkv,
     InternVL's config, the tokenizer with Qwen2.5's chat template (as the published
     InternVL3-1B-Instruct ships it), and remote-code files that leave a marker if anything runs
     them. ``swap_qk`` builds a broken twin (q and k swapped in the fused qkv) for the tests."""
     import torch
-    from safetensors import safe_open
     from safetensors.torch import save_file
-
-    from azion_ai._local._internvl_original import original_name
 
     src, dst = Path(hf_dir), Path(out)
     dst.mkdir(parents=True, exist_ok=True)
@@ -114,13 +179,13 @@ def build_internvl3_original(hf_dir: str | os.PathLike[str], out: str | os.PathL
     _write_json(dst / "config.json", config)
     tensors: dict[str, Any] = {}
     parts: dict[str, dict[str, Any]] = {}
-    with safe_open(str(src / "model.safetensors"), framework="pt") as handle:
-        for name in handle.keys():  # noqa: SIM118
-            target = original_name(name)
-            if ".attn.qkv." in target:
-                parts.setdefault(target, {})[name.split(".attention.")[1][0]] = handle.get_tensor(name)
-            else:
-                tensors[target] = handle.get_tensor(name)
+    for name, tensor in native_state_dict(src).items():
+        fused = _NATIVE_QKV.match(name)
+        if fused:  # published: the fused qkv is split in three along dim 0, q then k then v
+            layer, part, leaf = fused.groups()
+            parts.setdefault(f"vision_model.encoder.layers.{layer}.attn.qkv.{leaf}", {})[part] = tensor
+        else:
+            tensors[published_original_name(name)] = tensor.contiguous()
     for target, qkv in parts.items():
         order = "kqv" if swap_qk else "qkv"
         tensors[target] = torch.cat([qkv[p] for p in order], dim=0).contiguous()

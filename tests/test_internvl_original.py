@@ -96,6 +96,29 @@ def test_original_layout_answers_exactly_as_its_hf_twin(tiny_dirs, original, cac
     assert len(converted) == 1 and json.loads(converted[0].read_text())["model_type"] == "internvl"
 
 
+def test_every_tensor_lands_where_the_published_mapping_puts_it(tiny_dirs, original, cache):
+    """Loaded from the original layout (built with transformers' published names, not the
+    loader's table), every parameter equals the -hf twin's as transformers loads it."""
+    from checkpoints import native_state_dict, published_native_name
+
+    # the published rules themselves, spelled out for the entries easiest to mix up
+    assert published_native_name("vision_model.encoder.layers.3.ls1") == "model.vision_tower.encoder.layer.3.lambda_1"
+    assert published_native_name("vision_model.encoder.layers.3.ls2") == "model.vision_tower.encoder.layer.3.lambda_2"
+    assert published_native_name("vision_model.encoder.layers.0.norm1.bias") == "model.vision_tower.encoder.layer.0.layernorm_before.bias"
+    assert published_native_name("vision_model.encoder.layers.0.attn.proj.weight") == "model.vision_tower.encoder.layer.0.attention.projection_layer.weight"
+    assert published_native_name("mlp1.3.weight") == "model.multi_modal_projector.linear_2.weight"
+    assert published_native_name("language_model.lm_head.weight") == "lm_head.weight"
+    expected = native_state_dict(tiny_dirs[INTERNVL_ID])
+    with AI(backend="local", models={INTERNVL_ID: str(original)}, device="cpu") as ai:
+        ai.transport.load(INTERNVL_ID)
+        loaded = {k: v.detach() for k, v in ai.transport._engines[INTERNVL_ID].loaded.model.state_dict().items()}
+    assert sorted(loaded) == sorted(expected)
+    differing = [name for name in expected if not torch.equal(loaded[name].to(expected[name].dtype), expected[name])]
+    assert differing == []
+    layer = "model.vision_tower.encoder.layer.0."
+    assert not torch.equal(expected[layer + "lambda_1"], expected[layer + "lambda_2"])  # a swap would show
+
+
 def test_the_conversion_is_cached_by_the_source_files(original, cache):
     from azion_ai._local._internvl_original import cache_key, convert
 

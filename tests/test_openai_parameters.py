@@ -17,7 +17,7 @@ import azion_ai
 from azion_ai import AI
 
 pytestmark = pytest.mark.local
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 ASK = [{"role": "user", "content": "Name the european capitals"}]
 GREEDY = {"messages": ASK, "max_tokens": 12, "temperature": 0}
@@ -141,6 +141,57 @@ def test_logprobs_in_openais_shape_whole_and_streamed(local_ai):
     assert streamed == content
     plain = local_ai.run(QWEN_ID, {**GREEDY, "max_tokens": 5})
     assert plain.choices[0].logprobs is None
+
+
+# -- penalties ----------------------------------------------------------------------------------
+
+
+def _greedy_by_hand(model_dir, messages, steps, repetition=1.0, frequency=0.0, presence=0.0):
+    """Greedy decoding written out here, from transformers' own model, processor and chat
+    template: vLLM's rules by hand (repetition over prompt and output, positive logits divided
+    and negative ones multiplied; then frequency and presence over the output alone)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(str(model_dir))
+    model = AutoModelForImageTextToText.from_pretrained(str(model_dir), dtype=torch.float32)
+    parts = [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in messages]
+    text = processor.apply_chat_template(parts, add_generation_prompt=True, tokenize=False)
+    prompt = processor.tokenizer(text)["input_ids"]
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    ids, out = list(prompt), []
+    for _ in range(steps):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1].double()
+        for token in set(ids):
+            value = logits[token].item()
+            logits[token] = value / repetition if value > 0 else value * repetition
+        for token in set(out):
+            logits[token] -= frequency * out.count(token) + presence
+        chosen = int(torch.argmax(logits))
+        out.append(chosen)
+        ids.append(chosen)
+        if chosen in eos:
+            break
+    # a last token ending inside a UTF-8 character is held back (vLLM's detokenizer does too)
+    return len(prompt), processor.tokenizer.decode(out, skip_special_tokens=True).rstrip("\ufffd")
+
+
+@pytest.mark.parametrize("penalties", [{"repetition_penalty": 1.8}, {"frequency_penalty": 1.5, "presence_penalty": 0.5}])
+def test_penalties_change_greedy_answers_as_the_rules_say(local_ai, tiny_dirs, penalties):
+    """Through ai.run: each penalty is applied (whatever decides to apply it) and gives the
+    answer a by-hand greedy loop gives; without it, the answer is the plain greedy one."""
+    messages = [{"role": "user", "content": "Numbers 0 1 2 3 4 5 6 7 8 9"}]
+    steps = 14
+    keys = {"repetition_penalty": "repetition", "frequency_penalty": "frequency", "presence_penalty": "presence"}
+    prompt_tokens, expected = _greedy_by_hand(tiny_dirs[INTERNVL_ID], messages, steps, **{keys[k]: v for k, v in penalties.items()})
+    _, plain = _greedy_by_hand(tiny_dirs[INTERNVL_ID], messages, steps)
+    assert expected != plain  # the penalty matters on this prompt
+    payload = {"messages": messages, "max_tokens": steps, "temperature": 0}
+    done = local_ai.run(INTERNVL_ID, {**payload, **penalties})
+    assert done.usage.prompt_tokens == prompt_tokens
+    assert text_of(done).rstrip("\ufffd") == expected
+    assert text_of(local_ai.run(INTERNVL_ID, payload)).rstrip("\ufffd") == plain
 
 
 # -- logit_bias and what is refused ---------------------------------------------------------------
