@@ -151,6 +151,28 @@ def test_accumulator_merges_content_and_tool_call_deltas_by_index():
     assert done.usage.total_tokens == 8 and done.id == "chatcmpl-1"
 
 
+def test_accumulator_orders_tool_calls_and_choices_by_index_not_arrival():
+    """A later call (index 1) and a later choice (index 1) can arrive first: the completion is
+    ordered by index, as the same request answered whole would be."""
+    acc = ChunkAccumulator()
+    for p in [
+        chunk({"tool_calls": [{"index": 1, "id": "call-b", "type": "function", "function": {"name": "second", "arguments": "{}"}}]}, index=1),
+        chunk({"tool_calls": [{"index": 1, "id": "call-b", "type": "function", "function": {"name": "second", "arguments": "{}"}}]}),
+        chunk({"tool_calls": [{"index": 0, "id": "call-a", "type": "function", "function": {"name": "first", "arguments": '{"a"'}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}]}),
+        chunk({}, finish="tool_calls"),
+        chunk({"content": "late"}, index=1, finish="stop"),
+    ]:
+        acc.add(p)
+    done = acc.completion()
+    assert [c.index for c in done.choices] == [0, 1]
+    assert [(c.id, c.function.name, c.function.arguments) for c in done.choices[0].message.tool_calls] == [
+        ("call-a", "first", '{"a": 1}'),
+        ("call-b", "second", "{}"),
+    ]
+    assert done.choices[1].message.content == "late" and done.choices[1].message.tool_calls[0].id == "call-b"
+
+
 def test_accumulator_without_chunks_raises():
     with pytest.raises(StreamError):
         ChunkAccumulator().completion()
