@@ -12,9 +12,9 @@ import base64
 import io
 import json
 import threading
-import time
 
 import pytest
+from conftest import settled
 
 import azion_ai
 from azion_ai import AsyncAI
@@ -121,23 +121,37 @@ def test_a_stream_of_n_choices_sends_one_choice_per_chunk(engine_client):
     assert texts == whole and sorted(finished) == [0, 1, 2]
 
 
+def _no_eos(engine_client, model_id):
+    engine_client.transport.load(model_id)
+    return {str(t): -100 for t in engine_client.transport._engines[model_id].checkpoint.eos_token_ids}
+
+
 def test_closing_a_stream_stops_generation_and_the_model_answers_next(engine_client, token_counts):
-    eos = {str(t): -100 for t in engine_client.transport._engines[QWEN].checkpoint.eos_token_ids} if QWEN in engine_client.transport._engines else {}
-    stream = engine_client.run(QWEN, ask("Count", max_tokens=3000, stream=True, logit_bias=eos))
+    stream = engine_client.run(QWEN, ask("Count", max_tokens=3000, stream=True, logit_bias=_no_eos(engine_client, QWEN)))
     first = [next(stream), next(stream)]
     stream.close()
-    time.sleep(0.5)
+    reached = settled(lambda: token_counts.get(first[0].id, 0))
+    assert reached < 200, f"the closed stream ran on for {reached} tokens"  # stopped, far from 3000
     after = engine_client.run(QWEN, HELLO)
-    assert after.usage.completion_tokens >= 1
-    assert token_counts[first[0].id] < 200  # stopped, far from 3000
+    assert after.usage.completion_tokens == 12 and after.choices[0].finish_reason == "length"
+    assert token_counts[first[0].id] == reached
 
 
 def test_breaking_out_of_a_loop_and_timeouts_cancel(engine_client, token_counts):
-    for _chunk in engine_client.run(INTERNVL, ask("Go on", max_tokens=3000, stream=True)):
+    endless = ask("Go on", max_tokens=3000, logit_bias=_no_eos(engine_client, INTERNVL))
+    for chunk in engine_client.run(INTERNVL, {**endless, "stream": True}):  # noqa: B007
         break
+    reached = settled(lambda: token_counts.get(chunk.id, 0))
+    assert reached < 200, f"the abandoned stream ran on for {reached} tokens"
+    before = set(token_counts)
     with pytest.raises(azion_ai.APITimeoutError):
-        engine_client.run(INTERNVL, ask("Go on", max_tokens=3000), timeout=0.001)
-    assert engine_client.run(INTERNVL, HELLO).usage.completion_tokens >= 1
+        engine_client.run(INTERNVL, endless, timeout=0.001)
+    # the timed-out request (if it got as far as a token) stops too: no response keeps growing
+    timed_out = settled(lambda: sum(n for k, n in token_counts.items() if k not in before))
+    assert timed_out < 200, f"the timed-out request ran on for {timed_out} tokens"
+    after = engine_client.run(INTERNVL, HELLO)
+    assert after.usage.completion_tokens == 12 and after.choices[0].finish_reason == "length"
+    assert token_counts[chunk.id] == reached
 
 
 def test_concurrent_requests_never_mix(engine_client):

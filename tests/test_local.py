@@ -6,7 +6,7 @@ import json
 import sys
 
 import pytest
-from conftest import INTERNVL_ID, QWEN_ID, png_data_uri
+from conftest import INTERNVL_ID, QWEN_ID, png_data_uri, settled
 
 import azion_ai
 from azion_ai import AI, ChatCompletion, Stream
@@ -285,10 +285,15 @@ def test_closing_a_stream_stops_generation_and_frees_the_model(local_ai, counted
     assert steps.count(closed_id) < 30
 
 
-def test_breaking_out_of_a_for_loop_cancels(local_ai):
-    for _chunk in local_ai.run(INTERNVL_ID, {**HELLO, "max_tokens": 3000, "stream": True}):
+def test_breaking_out_of_a_for_loop_cancels(local_ai, counted_steps):
+    eos = {str(t): -100 for t in worker(local_ai, INTERNVL_ID).checkpoint.eos_token_ids}  # only a cancel ends it early
+    for chunk in local_ai.run(INTERNVL_ID, {**HELLO, "max_tokens": 3000, "stream": True, "logit_bias": eos}):  # noqa: B007
         break
+    left = chunk.id  # the abandoned request: its token steps stop soon after the break
+    reached = settled(lambda: counted_steps.count(left))
+    assert reached < 200, f"the abandoned stream ran on for {reached} tokens"
     assert local_ai.run(INTERNVL_ID, HELLO).usage.completion_tokens == 12
+    assert counted_steps.count(left) == reached  # and never resumed
 
 
 @pytest.mark.parametrize("n", [1, 2])  # one row, and n rows from one prefill
