@@ -514,9 +514,10 @@ def test_litellm_passes_stop_seed_and_limits(served, monkeypatch):
     stop = full[6:9]
     cut = litellm.completion(**common, max_tokens=16, stop=[stop])
     assert cut.choices[0].message.content == full[:6] and cut.choices[0].finish_reason == "stop"
-    sampled = {**common, "temperature": 1.0, "top_p": 1.0, "max_tokens": 8}
-    a = litellm.completion(**sampled, seed=11).choices[0].message.content
-    b = litellm.completion(**sampled, seed=11).choices[0].message.content
-    assert a == b
+    # really sampled: the tiny Qwen's generation_config has top_k 1 (greedy whatever the seed)
+    sampled = {**common, "temperature": 1.0, "top_p": 1.0, "max_tokens": 8, "extra_body": {"top_k": -1}}
+    draws = [litellm.completion(**sampled, seed=s).choices[0].message.content for s in (11, 11, 12, 13)]
+    assert draws[0] == draws[1]  # the seed reached the server: the same sample again
+    assert len(set(draws[1:])) == 3  # and it is a sample: other seeds, other answers
     limited = litellm.completion(**common, max_completion_tokens=2)
     assert limited.usage.completion_tokens == 2
