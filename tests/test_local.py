@@ -467,11 +467,36 @@ def test_malformed_tool_call_falls_back_to_content(local_ai):
     assert completion["choices"][0]["message"]["tool_calls"] == []
 
 
-def test_tools_request_runs_end_to_end(local_ai):
-    payload = {"messages": [{"role": "user", "content": "What is the weather in London?"}], "tools": [WEATHER_TOOL], "max_tokens": 8, "temperature": 0}
+STRICT_WEATHER_TOOL = {  # arguments held to the schema (an enum: the random model finishes quickly)
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "strict": True,
+        "parameters": {"type": "object", "properties": {"location": {"type": "string", "enum": ["Paris", "London"]}}, "required": ["location"], "additionalProperties": False},
+    },
+}
+
+
+def _calls(completion):
+    return [(c.type, c.function.name, c.function.arguments) for c in completion.choices[0].message.tool_calls]
+
+
+@pytest.mark.parametrize("tool_choice", ["auto", "required"])
+def test_tools_request_runs_end_to_end(local_ai, tool_choice):
+    """Whole and streamed, the same answer: content, every tool call and the finish reason (a
+    required choice makes the random model call the tool, so the calls are really compared)."""
+    tool = WEATHER_TOOL if tool_choice == "auto" else STRICT_WEATHER_TOOL
+    payload = {"messages": [{"role": "user", "content": "What is the weather in London?"}], "tools": [tool], "tool_choice": tool_choice, "max_tokens": 80, "temperature": 0}
+    if tool_choice == "required":
+        payload["parallel_tool_calls"] = False
     whole = local_ai.run(QWEN_ID, payload)
     streamed = local_ai.run(QWEN_ID, {**payload, "stream": True}).get_final_completion()
     assert streamed.choices[0].message.content == whole.choices[0].message.content
+    assert _calls(streamed) == _calls(whole)
+    assert streamed.choices[0].finish_reason == whole.choices[0].finish_reason
+    if tool_choice == "required":
+        assert [name for _, name, _ in _calls(whole)] == ["get_weather"] and whole.choices[0].finish_reason == "tool_calls"
+        assert json.loads(_calls(whole)[0][2])["location"] in ("Paris", "London")
 
 
 def test_unvalidated_garbage_still_gets_a_clear_error(local_ai):

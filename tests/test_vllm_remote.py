@@ -59,11 +59,27 @@ def test_stream_with_usage(ai):
     assert final.choices[0].message.content == whole.choices[0].message.content
 
 
-def test_tools_payload(ai):
-    completion = ai.run(QWEN_ID, greedy([user("What is the weather in London?")], tools=[WEATHER], max_tokens=6))
-    # the tiny model's text is noise: the call is accepted and answered, with the parser's shape
-    assert completion.choices[0].finish_reason in ("length", "tool_calls", "stop")
-    assert completion.usage.prompt_tokens > 100  # the tools section was rendered
+def _raw(server, payload):
+    """vLLM's own answer to the same request, read as plain JSON: the reference the SDK's parse must equal."""
+    import httpx
+
+    return httpx.post(f"{server.base_url}/chat/completions", json={"model": QWEN_ID, **payload}, timeout=300)
+
+
+@pytest.mark.parametrize("tool_choice", ["auto", "required"])
+def test_tools_payload(ai, server, tool_choice):
+    payload = greedy([user("What is the weather in London?")], tools=[WEATHER], tool_choice=tool_choice, max_tokens=40)
+    completion = ai.run(QWEN_ID, payload)
+    expected = _raw(server, payload).json()
+    choice, want = completion.choices[0], expected["choices"][0]
+    assert choice.finish_reason == want["finish_reason"]
+    assert choice.message.content == want["message"]["content"]
+    assert [(c.id, c.function.name, c.function.arguments) for c in choice.message.tool_calls] == [
+        (c["id"], c["function"]["name"], c["function"]["arguments"]) for c in want["message"].get("tool_calls") or []
+    ]
+    assert completion.usage.prompt_tokens == expected["usage"]["prompt_tokens"] > 100  # the tools section was rendered
+    if tool_choice == "required":  # vLLM's structured output: a call to the one tool, whatever the model
+        assert [c.function.name for c in choice.message.tool_calls] == ["get_weather"]
 
 
 @pytest.mark.parametrize(
@@ -74,11 +90,14 @@ def test_tools_payload(ai):
         (greedy([user(" ".join(["Paris"] * 2100))], max_tokens=4), azion_ai.BadRequestError, 400),
     ],
 )
-def test_vllm_errors_map_to_the_sdks_exceptions(ai, payload, error, status):
+def test_vllm_errors_map_to_the_sdks_exceptions(ai, server, payload, error, status):
     with pytest.raises(error) as caught:
         ai.run(QWEN_ID, payload)
-    assert caught.value.status_code == status
-    assert str(caught.value)  # the server's message is carried
+    raw = _raw(server, payload)
+    assert caught.value.status_code == raw.status_code == status
+    body = raw.json()
+    message = body.get("error", body)["message"]
+    assert message and message in str(caught.value)  # the server's own message is carried
 
 
 def test_unknown_model_on_the_server_is_not_found(server):

@@ -62,15 +62,35 @@ def test_stream_adds_up_to_the_whole_answer(ai, server):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole["usage"]["completion_tokens"]
 
 
-def test_streamed_tool_calls_match_the_whole_answer(ai):
-    payload = {**CATALOGUE["tools_with_system"], "max_tokens": 40}
-    whole = ai.run(QWEN_ID, payload)
+def test_streamed_tool_calls_match_the_whole_answer(ai, server):
+    """Streamed, the same calls as whole, and both vLLM's server's (a required choice: the random
+    model really calls the tool, so the calls themselves are compared)."""
     from azion_ai import ChunkAccumulator
 
+    tool = {  # arguments held to the schema (an enum: the random model finishes quickly)
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "strict": True,
+            "parameters": {"type": "object", "properties": {"location": {"type": "string", "enum": ["Paris", "London"]}}, "required": ["location"], "additionalProperties": False},
+        },
+    }
+    payload = greedy([{"role": "system", "content": "Use the tools."}, user("Weather in London?")], tools=[tool], tool_choice="required", parallel_tool_calls=False, max_tokens=80)
+    whole = ai.run(QWEN_ID, payload)
     acc = ChunkAccumulator()
     for chunk in ai.run(QWEN_ID, {**payload, "stream": True}):
         acc.add(chunk)
-    assert acc.completion().choices[0].message.content == whole.choices[0].message.content
+    streamed = acc.completion()
+
+    def calls(completion):
+        return [(c.function.name, c.function.arguments) for c in completion.choices[0].message.tool_calls]
+
+    reference = theirs(server, payload)["choices"][0]
+    expected = [(c["function"]["name"], c["function"]["arguments"]) for c in reference["message"]["tool_calls"]]
+    assert expected and calls(whole) == expected
+    assert calls(streamed) == expected
+    assert streamed.choices[0].message.content == whole.choices[0].message.content
+    assert streamed.choices[0].finish_reason == whole.choices[0].finish_reason == reference["finish_reason"]
 
 
 def test_seeded_sampling_with_n_choices_is_vllms(ai, server):
