@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from payload_strategies import KEYS, json_values, mutated
-from seeds import INTERNVL, QWEN
+from seeds import INTERNVL, QWEN, plain_validator
 
 import azion_ai
 from azion_ai import AI, BaseTransport, ChatRequest, ValidationError
@@ -32,13 +32,9 @@ class Recording(BaseTransport):
         return TransportResponse(body=COMPLETION)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference_validator(model_id):
-    from jsonschema import Draft7Validator
-
-    from azion_ai import _validation
-
-    return Draft7Validator(_validation._without_dangling_refs(azion_ai.get_model(model_id).schema))
+    return plain_validator(model_id)
 
 
 def _schema_valid(model_id, payload) -> bool:
