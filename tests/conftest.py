@@ -81,24 +81,6 @@ def counted_steps(monkeypatch):
     return steps
 
 
-def settled(count, *, quiet=1.0, limit=60.0) -> int:
-    """``count()`` once it has stopped growing for ``quiet`` seconds (an engine that stopped a
-    job feeds it no more tokens), or where it reached after ``limit`` seconds: proof that an
-    abandoned request stopped, whatever answers next."""
-    import time
-
-    deadline = time.monotonic() + limit
-    last, since = count(), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = count()
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet:
-            return now
-    return last
-
-
 def png_data_uri(color=(200, 30, 30), size=(64, 48), fmt="PNG") -> str:
     import base64
     import io

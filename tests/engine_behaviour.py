@@ -12,9 +12,9 @@ import base64
 import io
 import json
 import threading
+import time
 
 import pytest
-from conftest import settled
 
 import azion_ai
 from azion_ai import AsyncAI
@@ -44,6 +44,22 @@ def ask(text: str, **extra) -> dict:
 def with_image(color, text="What is in this image?", **extra) -> dict:
     content = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": png(color)}}]
     return {**HELLO, "messages": [{"role": "user", "content": content}], "max_tokens": 8, **extra}
+
+
+def settled(count, *, quiet=1.0, limit=60.0) -> int:
+    """``count()`` once it has stopped growing for ``quiet`` seconds (an engine that stopped a
+    job feeds it no more tokens), or where it reached after ``limit`` seconds: proof that an
+    abandoned request stopped, whatever answers next."""
+    deadline = time.monotonic() + limit
+    last, since = count(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = count()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return now
+    return last
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ import json
 import sys
 
 import pytest
-from conftest import INTERNVL_ID, QWEN_ID, png_data_uri, settled
+from conftest import INTERNVL_ID, QWEN_ID, png_data_uri
+from engine_behaviour import settled
 
 import azion_ai
 from azion_ai import AI, ChatCompletion, Stream
