@@ -9,12 +9,73 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-# engine="vllm"'s tests run in the vLLM environment (scripts/test.sh runs them there); the main
-# environment has no vLLM and does not collect them.
-if importlib.util.find_spec("vllm") is None:
-    collect_ignore = ["engine_vllm"]
+# engine="vllm"'s tests run in the vLLM environment (scripts/test.sh runs them there with
+# `.venv-vllm/bin/python -m pytest tests/engine_vllm`). Where vLLM does not import, a run that
+# does not name that folder leaves it out and says so at the end; named, it is collected and its
+# fixtures fail with the command to use. Nothing disappears without a word.
+ENGINE_VLLM = Path(__file__).parent / "engine_vllm"
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+_left_out: list[str] = []
+_skipped: list[str] = []
+
+
+def pytest_ignore_collect(collection_path, config):
+    if HAS_VLLM or Path(collection_path) != ENGINE_VLLM:
+        return None
+    named = [Path(a.split("::")[0]).resolve() for a in config.args]
+    if any(p == ENGINE_VLLM or ENGINE_VLLM in p.parents for p in named):
+        return None
+    folder = str(ENGINE_VLLM.relative_to(Path(__file__).parent.parent))
+    if any(p in ENGINE_VLLM.parents for p in named) and folder not in _left_out:  # it would have run
+        _left_out.append(folder)
+    return True
+
+
+def _skip_outside_gpu(report) -> None:
+    if report.skipped and not hasattr(report, "wasxfail") and "gpu" not in report.keywords:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _skipped.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_runtest_logreport(report):
+    _skip_outside_gpu(report)
+
+
+def pytest_collectreport(report):
+    _skip_outside_gpu(report)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Only the gpu marker may skip: any other skip fails the run (a missing package or
+    environment is a failure that names its fix, never a quiet skip)."""
+    if _skipped and session.exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    for folder in _left_out:
+        terminalreporter.write_line(
+            f"not collected here: {folder} (vLLM does not import in this environment); "
+            f"run it with `PYTHONPATH=$PWD .venv-vllm/bin/python -m pytest {folder}` (scripts/test.sh does)",
+            yellow=True,
+        )
+    if _skipped:
+        terminalreporter.write_line("skipped outside the gpu marker (this fails the run; only gpu tests may skip):", red=True)
+        for line in _skipped:
+            terminalreporter.write_line(f"  {line}", red=True)
 
 TOKEN = "azion-secret-token-3f9c1e7d"
+
+
+def require(module: str):
+    """``module``, imported; if it is missing the test FAILS naming the command that installs it.
+    Nothing is skipped for a missing package: only the ``gpu`` marker skips (see below)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        pytest.fail(f"{module} is not installed ({exc}): run `bash scripts/setup.sh` (the local, server and dev extras)", pytrace=False)
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +111,7 @@ def tiny_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_dirs(tiny_cache):
     """Tiny random checkpoints of both architectures, built once per test session."""
-    pytest.importorskip("torch")
+    require("torch")
     from azion_ai._local._tiny import BUILD_VERSION, ensure_tiny_checkpoints
 
     return ensure_tiny_checkpoints(tiny_cache / "azion_ai" / f"tiny-v{BUILD_VERSION}")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 ROOT = Path(__file__).parent.parent
 
@@ -15,8 +16,8 @@ ROOT = Path(__file__).parent.parent
 @pytest.mark.local
 @pytest.mark.slow
 def test_benchmarks_smoke(tiny_dirs, tiny_cache):
-    pytest.importorskip("openai")
-    pytest.importorskip("torch")
+    require("openai")
+    require("torch")
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke"],
         capture_output=True,

@@ -6,11 +6,12 @@ from __future__ import annotations
 import httpx
 import pytest
 from catalogue_server import create_app
+from conftest import require
 
 import azion_ai
 from azion_ai import AI, AsyncAI
 
-pytest.importorskip("starlette")
+require("starlette")
 
 HELLO = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
 DOCS = ["Deep learning is a subset of machine learning", "The weather is nice today", "Deep learning learns from data", "I like pizza"]
@@ -151,7 +152,7 @@ def test_the_cli_runs_embeddings_and_rerank(server, capsys):
 def test_the_qwen25_vl_family_runs_locally_under_its_other_ids(tiny_dirs, model_id):
     """The 7B and Nanonets-OCR-s share the 3B's architecture: the local backend loads them (here
     the tiny Qwen2.5-VL checkpoint under their ids) and answers with their ids."""
-    pytest.importorskip("torch")
+    require("torch")
     from conftest import QWEN_ID, png_data_uri
 
     payload = {"messages": [{"role": "user", "content": [{"type": "text", "text": "Read it"}, {"type": "image_url", "image_url": {"url": png_data_uri()}}]}], "max_tokens": 4, "temperature": 0}

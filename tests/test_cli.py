@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import INTERNVL_ID, QWEN_ID
+from conftest import INTERNVL_ID, QWEN_ID, require
 
 import azion_ai
 from azion_ai._cli import main
@@ -59,7 +59,7 @@ def test_run_against_a_server_with_jsonl_output(capsys):
 
 @pytest.mark.local
 def test_run_local_subprocess_streams_and_images(tiny_dirs, tmp_path):
-    pytest.importorskip("torch")
+    require("torch")
     from PIL import Image
 
     image = tmp_path / "cat.png"
@@ -74,7 +74,7 @@ def test_run_local_subprocess_streams_and_images(tiny_dirs, tmp_path):
 
 
 def test_serve_passes_the_speed_options_to_the_local_backend(monkeypatch, tmp_path):
-    pytest.importorskip("uvicorn")
+    require("uvicorn")
     import uvicorn
 
     from azion_ai import _server
@@ -102,7 +102,7 @@ def test_serve_passes_the_speed_options_to_the_local_backend(monkeypatch, tmp_pa
 
 
 def test_serve_engine_vllm_passes_vllms_arguments_through(monkeypatch, tmp_path, capsys):
-    pytest.importorskip("uvicorn")
+    require("uvicorn")
     import uvicorn
 
     from azion_ai import _server
@@ -133,7 +133,7 @@ def test_serve_engine_vllm_passes_vllms_arguments_through(monkeypatch, tmp_path,
 def test_the_demo_prints_our_output_only(tmp_path):
     """The README's main job: the tour, with no third-party banner, log line, warning or progress
     bar between our headings; ``--verbose`` is accepted (it skips the quieting)."""
-    pytest.importorskip("torch")
+    require("torch")
     env = {k: v for k, v in __import__("os").environ.items() if k != "AZION_AI_QUIET"}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     done = subprocess.run(

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 from conformance import COMMON, answer, greedy, img, start_peers, stream_shape, text, user
-from conftest import INTERNVL_ID
+from conftest import INTERNVL_ID, require
 
 pytestmark = [pytest.mark.local, pytest.mark.vllm, pytest.mark.slow]
-pytest.importorskip("torch")
+require("torch")
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 from conformance import COMMON, MAX_MODEL_LEN, QWEN_TOOLS, answer, greedy, img, start_peers, stream_shape, text, user
-from conftest import QWEN_ID
+from conftest import QWEN_ID, require
 
 pytestmark = [pytest.mark.local, pytest.mark.vllm, pytest.mark.slow]
-pytest.importorskip("torch")
+require("torch")
 
 CATALOGUE = {**COMMON, **QWEN_TOOLS}
 

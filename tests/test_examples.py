@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 pytestmark = [pytest.mark.local, pytest.mark.slow]
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -36,7 +37,7 @@ print({MARKER!r} + json.dumps(results))
 
 @pytest.fixture(scope="module")
 def runs(tiny_dirs):
-    pytest.importorskip("torch")
+    require("torch")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AZION_")}
     env["AZION_AI_MODELS_DIR"] = str(next(iter(tiny_dirs.values())).parent)
     env["HF_HUB_OFFLINE"] = "1"

@@ -10,6 +10,7 @@ import threading
 
 import httpx
 import pytest
+from conftest import require
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from payload_strategies import KEYS, json_values, mutated
@@ -101,7 +102,7 @@ def test_deep_nesting_does_not_crash():
 
 @pytest.fixture(scope="module")
 def server_url(tiny_dirs):
-    pytest.importorskip("starlette")
+    require("starlette")
     from azion_ai._server import BackgroundServer, ChatServer
 
     server = ChatServer({k: str(v) for k, v in tiny_dirs.items()}, device="cpu")

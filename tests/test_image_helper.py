@@ -6,11 +6,11 @@ import base64
 import io
 
 import pytest
-from conftest import QWEN_ID
+from conftest import QWEN_ID, require
 
 import azion_ai
 
-PIL = pytest.importorskip("PIL.Image")
+PIL = require("PIL.Image")
 
 
 def _bytes(fmt: str, size=(40, 30)) -> bytes:

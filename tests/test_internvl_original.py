@@ -8,13 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import INTERNVL_ID, png_data_uri
+from conftest import INTERNVL_ID, png_data_uri, require
 
 import azion_ai
 from azion_ai import AI
 
 pytestmark = pytest.mark.local
-torch = pytest.importorskip("torch")
+torch = require("torch")
 
 IMAGE = png_data_uri((200, 30, 30), size=(100, 80))
 AGREEING = [  # a system message given, images before text: both layouts render the same prompt

@@ -6,14 +6,14 @@ import json
 import sys
 
 import pytest
-from conftest import INTERNVL_ID, QWEN_ID, png_data_uri
+from conftest import INTERNVL_ID, QWEN_ID, png_data_uri, require
 from engine_behaviour import settled
 
 import azion_ai
 from azion_ai import AI, ChatCompletion, Stream
 
 pytestmark = pytest.mark.local
-torch = pytest.importorskip("torch")
+torch = require("torch")
 
 HELLO = {"messages": [{"role": "user", "content": "Name the european capitals"}], "max_tokens": 12, "temperature": 0}
 
@@ -513,7 +513,7 @@ def test_remote_rejects_local_only_arguments():
 
 def test_async_local_backend_under_trio(tiny_dirs):
     """The async path is not tied to asyncio: the same calls, streams and cancellation under trio."""
-    trio = pytest.importorskip("trio")
+    trio = require("trio")
 
     async def main() -> None:
         async with azion_ai.AsyncAI(backend="local", models={INTERNVL_ID: str(tiny_dirs[INTERNVL_ID])}, device="cpu") as aai:

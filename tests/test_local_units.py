@@ -8,7 +8,7 @@ import sys
 
 import httpx
 import pytest
-from conftest import png_data_uri
+from conftest import png_data_uri, require
 
 from azion_ai import ImageError
 from azion_ai._local._chat import IncrementalDecoder, ToolCallParser, build_conversation
@@ -75,7 +75,7 @@ def test_incremental_decoder_never_splits_a_character():
 
 
 def test_penalties_follow_openai_semantics():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     from azion_ai._local._request import SamplingParams
     from azion_ai._local._sampling import Penalties
 
@@ -88,7 +88,7 @@ def test_penalties_follow_openai_semantics():
 
 
 def test_repetition_penalty_covers_prompt_and_output():
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     from azion_ai._local._request import SamplingParams
     from azion_ai._local._sampling import Penalties
 
@@ -177,7 +177,7 @@ def test_sampling_settings_resolve_as_vllm():
 
 
 def test_generation_defaults_are_read_as_vllm_reads_them(tmp_path):
-    pytest.importorskip("transformers")
+    require("transformers")
     from azion_ai._local._loading import generation_defaults
 
     (tmp_path / "generation_config.json").write_text(json.dumps(
@@ -195,7 +195,6 @@ def test_import_is_light():
 
 # -- images ---------------------------------------------------------------------------------------
 
-pytest.importorskip("PIL")
 
 
 class Recorder(httpx.BaseTransport):

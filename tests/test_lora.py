@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from conftest import INTERNVL_ID, QWEN_ID
+from conftest import INTERNVL_ID, QWEN_ID, require
 
 import azion_ai
 from azion_ai import AI
 
 pytestmark = pytest.mark.local
-pytest.importorskip("peft")
+require("peft")
 HELLO = {"messages": [{"role": "user", "content": "Name the european capitals"}], "max_tokens": 10, "temperature": 0}
 
 

@@ -11,13 +11,13 @@ import threading
 
 import httpx
 import pytest
-from conftest import INTERNVL_ID, QWEN_ID
+from conftest import INTERNVL_ID, QWEN_ID, require
 
 import azion_ai
 from azion_ai import AI
 
 pytestmark = pytest.mark.local
-torch = pytest.importorskip("torch")
+torch = require("torch")
 
 ASK = [{"role": "user", "content": "Name the european capitals"}]
 GREEDY = {"messages": ASK, "max_tokens": 12, "temperature": 0}
@@ -287,6 +287,7 @@ def test_tool_choice_required_forces_at_least_one_call(tight):
     validate(json.loads(calls[0].function.arguments), schemas[calls[0].function.name])
 
 
+@pytest.mark.vllm
 def test_the_tool_grammar_is_vllms(tiny_dirs):
     """Our structural tag for each tool_choice and strict level equals vLLM's own (imported in
     the vLLM environment): the same grammar constrains the same tokens."""
@@ -430,7 +431,7 @@ def test_a_client_that_leaves_a_non_stream_request_aborts_it(served, counted_ste
 
 
 def test_openai_client_parameters_and_parse(served):
-    openai = pytest.importorskip("openai")
+    openai = require("openai")
     from pydantic import BaseModel, Field
 
     _, running = served
@@ -460,7 +461,7 @@ def test_openai_client_parameters_and_parse(served):
 
 @pytest.mark.parametrize("model_id", [QWEN_ID, INTERNVL_ID])
 def test_openai_client_on_both_models(served, model_id):
-    openai = pytest.importorskip("openai")
+    openai = require("openai")
     _, running = served
     client = openai.OpenAI(base_url=running.base_url, api_key="unused")
     full = client.chat.completions.create(model=model_id, messages=ASK, max_tokens=16, temperature=0).choices[0].message.content
@@ -480,7 +481,7 @@ def test_openai_client_on_both_models(served, model_id):
 
 
 def test_langchain_max_tokens_structured_output_and_forced_tools(served):
-    langchain_openai = pytest.importorskip("langchain_openai")
+    langchain_openai = require("langchain_openai")
     from pydantic import BaseModel, Field
 
     _, running = served
@@ -507,7 +508,7 @@ def test_litellm_passes_stop_seed_and_limits(served, monkeypatch):
     # LiteLLM fetches a price list from GitHub at import unless told to use its bundled copy:
     # nothing may leave the machine
     monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    litellm = pytest.importorskip("litellm")
+    litellm = require("litellm")
     _, running = served
     common = {"model": f"hosted_vllm/{QWEN_ID}", "api_base": running.base_url, "api_key": "unused", "messages": ASK, "temperature": 0}
     full = litellm.completion(**common, max_tokens=16).choices[0].message.content

@@ -7,7 +7,7 @@ import traceback
 import httpx
 import pytest
 import respx
-from conftest import TOKEN
+from conftest import TOKEN, require
 from seeds import INTERNVL, QWEN, example_responses
 
 import azion_ai
@@ -412,7 +412,7 @@ async def test_async_injected_client():
 
 def test_async_client_runs_under_trio(monkeypatch):
     """AsyncAI over HTTP is anyio throughout: retries (with their sleep) and streams under trio."""
-    trio = pytest.importorskip("trio")
+    trio = require("trio")
     from azion_ai import _remote
 
     slept: list[float] = []

@@ -7,14 +7,14 @@ import threading
 
 import httpx
 import pytest
-from conftest import INTERNVL_ID, QWEN_ID
+from conftest import INTERNVL_ID, QWEN_ID, require
 
 import azion_ai
 from azion_ai import AI
 
 pytestmark = pytest.mark.local
-pytest.importorskip("torch")
-pytest.importorskip("starlette")
+require("torch")
+require("starlette")
 KEY = "server-key-1234"
 HELLO = {"messages": [{"role": "user", "content": "Name the european capitals"}], "max_tokens": 10, "temperature": 0}
 
@@ -40,7 +40,7 @@ def test_health_and_models(served):
 
 
 def test_openai_client_and_our_transport_get_what_the_local_backend_gives(served, local_ai):
-    openai = pytest.importorskip("openai")
+    openai = require("openai")
     _, running = served
     direct = local_ai.run(QWEN_ID, HELLO).choices[0].message.content
 

@@ -4,12 +4,12 @@ their speed is a GPU matter, see docs/benchmarks.md)."""
 from __future__ import annotations
 
 import pytest
-from conftest import INTERNVL_ID, QWEN_ID, png_data_uri
+from conftest import INTERNVL_ID, QWEN_ID, png_data_uri, require
 
 from azion_ai import AI
 
 pytestmark = pytest.mark.local
-pytest.importorskip("torch")
+require("torch")
 PAYLOAD = {"messages": [{"role": "user", "content": "Name the european capitals"}], "max_tokens": 12, "temperature": 0}
 IMAGE = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": png_data_uri()}}, {"type": "text", "text": "What?"}]}], "max_tokens": 6, "temperature": 0}
 

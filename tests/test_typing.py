@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 SNIPPET = textwrap.dedent(
     """
@@ -29,7 +30,7 @@ SNIPPET = textwrap.dedent(
 
 @pytest.mark.slow
 def test_overloads_pick_stream_or_completion(tmp_path):
-    pytest.importorskip("mypy")
+    require("mypy")
     path = tmp_path / "snippet.py"
     path.write_text(SNIPPET)
     # mypy's own incremental cache, shared with `mypy azion_ai` in scripts/test.sh (run just before):
