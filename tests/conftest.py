@@ -66,6 +66,12 @@ def pytest_terminal_summary(terminalreporter):
 
 TOKEN = "azion-secret-token-3f9c1e7d"
 
+if os.environ.get("AZION_AI_MUTATION"):  # scripts/mutation.sh: the same examples for every mutant
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("mutation", derandomize=True, database=None)
+    _hypothesis_settings.load_profile("mutation")
+
 
 def require(module: str):
     """``module``, imported; if it is missing the test FAILS naming the command that installs it.

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 SEEDS = Path(__file__).parent / "data" / "seeds"
+MUTATION = bool(os.environ.get("AZION_AI_MUTATION"))  # set by scripts/mutation.sh
+
+
+def examples(n: int) -> int:
+    """Hypothesis examples for a property test: all of them, or a tenth (derandomized, see
+    conftest) under mutation testing, where the suite runs once per mutant."""
+    return max(20, n // 10) if MUTATION else n
 QWEN = "qwen-qwen25-vl-3b-instruct-awq"
 INTERNVL = "opengvlab-internvl3-1b-instruct"
 SEED_FILES = {QWEN: "qwen25-vl-3b-instruct-awq.txt", INTERNVL: "internvl3-1b-instruct.txt"}

@@ -14,7 +14,7 @@ from conftest import require
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from payload_strategies import KEYS, json_values, mutated
-from seeds import INTERNVL, QWEN, plain_validator
+from seeds import INTERNVL, QWEN, examples, plain_validator
 
 import azion_ai
 from azion_ai import AI, BaseTransport, ChatRequest, ValidationError
@@ -59,7 +59,7 @@ def _check(model_id, payload, ai, transport):
     return True
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated())
 def test_mutated_seed_payloads(case):
     transport = Recording()
@@ -69,7 +69,7 @@ def test_mutated_seed_payloads(case):
         assert not accepted  # what the schema refuses, validation refuses
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.sampled_from([QWEN, INTERNVL]), json_values)
 def test_random_json_values(model_id, value):
     transport = Recording()
@@ -78,7 +78,7 @@ def test_random_json_values(model_id, value):
         assert not accepted
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(st.sampled_from([QWEN, INTERNVL]), st.dictionaries(st.sampled_from(KEYS), json_values, max_size=6))
 def test_random_payload_shaped_objects(model_id, payload):
     transport = Recording()
@@ -117,7 +117,7 @@ def test_server_answers_hostile_payloads_with_400_never_500(server_url):
     statuses: list[int] = []
     bodies = []
 
-    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
     @given(mutated())
     def run(case):
         model_id, payload = case

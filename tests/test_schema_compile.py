@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft7Validator
 from payload_strategies import json_values, mutated
-from seeds import INTERNVL, QWEN, example_payloads, plain_json, plain_validator
+from seeds import INTERNVL, QWEN, example_payloads, examples, plain_json, plain_validator
 
 import azion_ai
 from azion_ai import ValidationError, _validation
@@ -44,7 +44,7 @@ def agree(fast, full, payload):
         assert answer is (full.is_valid(payload) and plain_json(payload)), payload
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated())
 def test_real_schemas_mutated_seeds(case):
     model_id, payload = case
@@ -52,7 +52,7 @@ def test_real_schemas_mutated_seeds(case):
     agree(fast, full, payload)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.sampled_from([QWEN, INTERNVL]), st.fixed_dictionaries({"messages": st.lists(json_values, max_size=4)}, optional={"tools": json_values, "n": json_values, "temperature": json_values}))
 def test_real_schemas_random_messages(model_id, payload):
     fast, full = reference(model_id)
@@ -154,14 +154,14 @@ leaves = st.one_of(
 values = st.recursive(leaves, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.sampled_from(KEYS), kids, max_size=4), max_leaves=20)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=examples(1500), deadline=None)
 @given(st.dictionaries(st.sampled_from(KEYS), values, max_size=6))
 def test_every_keyword_matches_jsonschema(instance):
     fast = compile_schema(KITCHEN_SINK, max_depth=LIMIT)
     assert fast(instance) is Draft7Validator(KITCHEN_SINK).is_valid(instance), instance
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(2000), deadline=None)
 @given(st.sampled_from(PROPERTIES), st.one_of(leaves, values, st.dictionaries(st.sampled_from(["a", "b", "c", "d", "k", "x", "y", "xa", "zz", "kind", "v"]), leaves, max_size=3)))
 def test_each_keyword_alone_matches_jsonschema(name, value):
     # One property at a time: the rest of the instance cannot hide a wrong answer.

@@ -5,7 +5,7 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from seeds import example_responses
+from seeds import example_responses, examples
 
 from azion_ai import ChatCompletion, ChatCompletionChunk, ChunkAccumulator, StreamError
 from azion_ai._streaming import DONE, SSEDecoder, parse_sse_event
@@ -201,7 +201,7 @@ def _reference_events(stream: bytes):
     return events
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     st.lists(st.tuples(st.sampled_from(["data", "event", ": note", "data"]), st.text(alphabet="ab{}\"é ", max_size=8), st.sampled_from(["\n", "\r", "\r\n"]), st.booleans()), max_size=12),
     st.lists(st.integers(1, 40), max_size=8),
