@@ -1,0 +1,202 @@
+"""InternVL3's original layout, the parts that need no model: tensor names against transformers'
+published conversion mapping (tests/checkpoints.py, written down as data), the config mapping
+against hand-computed values, and the files' checks. Fast: scripts/mutation.sh runs these."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from checkpoints import published_native_name
+
+import azion_ai
+from azion_ai._local._internvl_original import (
+    _expected_tensors,
+    _weight_files,
+    cache_key,
+    native_config,
+    native_names,
+    original_name,
+)
+
+# how the -hf checkpoint files name what transformers calls model.vision_tower... (transformers'
+# key mapping for this layout: ^vision_tower -> model.vision_tower, and so on)
+FILE_PREFIXES = [
+    ("vision_tower.", "model.vision_tower."),
+    ("multi_modal_projector.", "model.multi_modal_projector."),
+    ("language_model.model.", "model.language_model."),
+    ("language_model.lm_head.", "lm_head."),
+]
+
+
+def as_loaded(file_name: str) -> str:
+    for old, new in FILE_PREFIXES:
+        if file_name.startswith(old):
+            return new + file_name[len(old):]
+    raise AssertionError(f"{file_name} has no native prefix")
+
+
+ORIGINAL_NAMES = [
+    "vision_model.embeddings.class_embedding",
+    "vision_model.embeddings.position_embedding",
+    "vision_model.embeddings.patch_embedding.weight",
+    "vision_model.embeddings.patch_embedding.bias",
+    *[
+        f"vision_model.encoder.layers.{n}.{leaf}"
+        for n in (0, 11)
+        for leaf in (
+            "attn.proj.weight", "attn.proj.bias", "attn.q_norm.weight", "attn.k_norm.weight", "ls1", "ls2",
+            "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias",
+            "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias",
+        )
+    ],
+    "mlp1.0.weight", "mlp1.0.bias", "mlp1.1.weight", "mlp1.1.bias", "mlp1.3.weight", "mlp1.3.bias",
+    "language_model.model.embed_tokens.weight",
+    "language_model.model.layers.3.self_attn.q_proj.bias",
+    "language_model.model.layers.27.mlp.down_proj.weight",
+    "language_model.model.norm.weight",
+    "language_model.lm_head.weight",
+]
+
+
+@pytest.mark.parametrize("name", ORIGINAL_NAMES)
+def test_each_original_name_maps_as_published(name):
+    (native,) = native_names(name)
+    assert as_loaded(native) == published_native_name(name)
+    assert original_name(native) == name  # and back
+
+
+@pytest.mark.parametrize("leaf", ["weight", "bias"])
+def test_the_fused_qkv_splits_into_q_k_v_in_that_order(leaf):
+    names = native_names(f"vision_model.encoder.layers.7.attn.qkv.{leaf}")
+    assert [as_loaded(n) for n in names] == [f"model.vision_tower.encoder.layer.7.attention.{p}_proj.{leaf}" for p in "qkv"]
+    assert {original_name(n) for n in names} == {f"vision_model.encoder.layers.7.attn.qkv.{leaf}"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["vision_model.extra_head.weight", "mlp1.2.weight", "language_model.extra.weight", "vision_model.encoder.layers.x.ls1", "vision_model.encoder.layers.0.attn.qkv.scale", "prefix.mlp1.0.weight"],
+)
+def test_unknown_names_have_no_place(name):
+    assert native_names(name) == []
+
+
+def test_an_unknown_native_name_has_no_original():
+    with pytest.raises(KeyError):
+        original_name("model.something_else.weight")
+
+
+# InternVL3-1B's config.json as published (../shared/REFERENCE.md), trimmed to what the mapping reads
+PUBLISHED_CONFIG = {
+    "architectures": ["InternVLChatModel"],
+    "model_type": "internvl_chat",
+    "downsample_ratio": 0.5,
+    "dynamic_image_size": True,
+    "force_image_size": 448,
+    "min_dynamic_patch": 1,
+    "max_dynamic_patch": 12,
+    "ps_version": "v2",
+    "select_layer": -1,
+    "template": "internvl2_5",
+    "use_thumbnail": True,
+    "tie_word_embeddings": False,
+    "llm_config": {
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 896, "num_hidden_layers": 24,
+        "bos_token_id": 151643, "eos_token_id": 151643, "vocab_size": 151674, "rope_theta": 1000000.0,
+        "rope_scaling": {"factor": 2.0, "type": "dynamic"}, "torch_dtype": "bfloat16",
+    },
+    "vision_config": {
+        "hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16, "num_hidden_layers": 24,
+        "image_size": 448, "patch_size": 14, "qkv_bias": True, "qk_normalization": False, "norm_type": "layer_norm",
+        "layer_norm_eps": 1e-6, "hidden_act": "gelu",
+    },
+}
+
+
+def test_the_published_config_maps_to_transformers_fields(tmp_path):
+    config = native_config(PUBLISHED_CONFIG, tmp_path / "config.json", image_token_id=151667, eos_token_id=151645)
+    text, vision = config["text_config"], config["vision_config"]
+    assert (config["model_type"], config["architectures"]) == ("internvl", ["InternVLForConditionalGeneration"])
+    assert (text["model_type"], text["eos_token_id"], text["vocab_size"], text["hidden_size"]) == ("qwen2", 151645, 151674, 896)
+    assert "architectures" not in text and "rope_scaling" not in text
+    assert text["rope_parameters"] == {"factor": 2.0, "rope_type": "dynamic", "rope_theta": 1000000.0}
+    assert (vision["attention_bias"], vision["use_qk_norm"]) == (True, False)
+    assert (vision["image_size"], vision["patch_size"]) == ([448, 448], [14, 14])
+    assert (vision["hidden_size"], vision["intermediate_size"], vision["num_attention_heads"], vision["num_hidden_layers"]) == (1024, 4096, 16, 24)
+    assert (vision["layer_norm_eps"], vision["hidden_act"], vision["norm_type"], vision["model_type"]) == (1e-6, "gelu", "layer_norm", "internvl_vision")
+    assert config["image_seq_length"] == 256  # (448 / 14) ** 2 tiles' patches * 0.5 ** 2
+    assert (config["downsample_ratio"], config["vision_feature_layer"], config["image_token_id"]) == (0.5, -1, 151667)
+    assert (config["tie_word_embeddings"], config["torch_dtype"]) == (False, "bfloat16")
+    assert (config["vision_feature_select_strategy"], config["projector_hidden_act"]) == ("default", "gelu")
+    flipped = {**PUBLISHED_CONFIG, "vision_config": {**PUBLISHED_CONFIG["vision_config"], "qkv_bias": False, "qk_normalization": True}}
+    other = native_config({**flipped, "force_image_size": 224, "select_layer": -2, "tie_word_embeddings": True}, tmp_path / "c.json", 1, 2)
+    assert (other["vision_config"]["attention_bias"], other["vision_config"]["use_qk_norm"]) == (False, True)
+    assert (other["image_seq_length"], other["vision_feature_layer"], other["tie_word_embeddings"]) == (64, -2, True)  # (224 / 14) ** 2 / 4
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"ps_version": "v1"}, "ps_version"),
+        ({"use_llm_lora": 16}, "use_llm_lora"),
+        ({"use_backbone_lora": 8}, "use_backbone_lora"),
+        ({"use_thumbnail": False}, "use_thumbnail"),
+        ({"llm_config": None}, "llm_config"),
+        ({"vision_config": None}, "vision_config"),
+        ({"llm_config": {**PUBLISHED_CONFIG["llm_config"], "architectures": ["LlamaForCausalLM"]}}, "LlamaForCausalLM"),
+        ({"llm_config": {**PUBLISHED_CONFIG["llm_config"], "model_type": "llama"}}, "llama"),
+        ({"vision_config": {k: v for k, v in PUBLISHED_CONFIG["vision_config"].items() if k != "patch_size"}}, "vision_config.patch_size"),
+        ({"vision_config": {k: v for k, v in PUBLISHED_CONFIG["vision_config"].items() if k != "hidden_size"}}, "vision_config.hidden_size"),
+    ],
+)
+def test_a_config_that_cannot_be_mapped_names_its_field_and_file(tmp_path, change, named):
+    config = {k: v for k, v in {**PUBLISHED_CONFIG, **change}.items() if v is not None}
+    with pytest.raises(azion_ai.ModelLoadError) as caught:
+        native_config(config, tmp_path / "config.json", 1, 2)
+    assert named in str(caught.value) and "config.json" in str(caught.value)
+
+
+def test_the_expected_tensors_of_a_small_config():
+    config = {"vision_config": {"num_hidden_layers": 2}, "llm_config": {"num_hidden_layers": 1}}
+    names = _expected_tensors(config)
+    # 3 embeddings + 2 vision layers x 8 + 3 projector + embed and norm + 1 LM layer x 9 + lm_head
+    assert len(names) == len(set(names)) == 3 + 16 + 3 + 2 + 9 + 1
+    assert {"vision_model.encoder.layers.1.ls2", "vision_model.encoder.layers.1.attn.qkv.weight", "mlp1.3.weight", "language_model.model.layers.0.mlp.down_proj.weight", "language_model.lm_head.weight"} <= set(names)
+    assert all(native_names(n) for n in names)  # every one has its place
+    tied = _expected_tensors({**config, "tie_word_embeddings": True})
+    assert set(names) - set(tied) == {"language_model.lm_head.weight"}
+
+
+def test_weight_files_single_sharded_and_missing(tmp_path):
+    with pytest.raises(azion_ai.ModelLoadError, match="no safetensors weights"):
+        _weight_files(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    assert _weight_files(tmp_path) == [tmp_path / "model.safetensors"]
+    index = {"weight_map": {"a": "model-00002-of-00002.safetensors", "b": "model-00001-of-00002.safetensors", "c": "model-00001-of-00002.safetensors"}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(azion_ai.ModelLoadError, match="missing weight shard.*model-00001-of-00002.safetensors, model-00002-of-00002"):
+        _weight_files(tmp_path)
+    for n in (1, 2):
+        (tmp_path / f"model-0000{n}-of-00002.safetensors").write_bytes(b"x")
+    assert _weight_files(tmp_path) == [tmp_path / "model-00001-of-00002.safetensors", tmp_path / "model-00002-of-00002.safetensors"]
+
+
+def test_the_cache_key_follows_the_source_files(tmp_path):
+    (tmp_path / "config.json").write_text("[1]")
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    key = cache_key(tmp_path)
+    assert len(key) == 24 and cache_key(tmp_path) == key
+    stamp = (tmp_path / "config.json").stat()
+    (tmp_path / "config.json").write_text("[2]")  # same size and time, other bytes
+    os.utime(tmp_path / "config.json", ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert cache_key(tmp_path) != key
+    changed = cache_key(tmp_path)
+    os.utime(tmp_path / "model.safetensors", ns=(1, 1))
+    assert cache_key(tmp_path) != changed  # a touched weight file
+    touched = cache_key(tmp_path)
+    (tmp_path / "extra.json").write_text("1")
+    assert cache_key(tmp_path) != touched
+    (tmp_path / "sub").mkdir()
+    with_dir = cache_key(tmp_path)
+    assert with_dir == cache_key(tmp_path)
