@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from seeds import example_responses, examples
 
 from azion_ai import ChatCompletion, ChatCompletionChunk, ChunkAccumulator, StreamError
-from azion_ai._streaming import DONE, SSEDecoder, parse_sse_event
+from azion_ai._streaming import DONE, ServerSentEvent, SSEDecoder, parse_sse_event
 
 
 def test_seed_responses_parse_unchanged():
@@ -265,3 +265,97 @@ async def test_an_async_chunk_stream_releases_once_however_it_ends():
         await stream.aclose()
         await stream.aclose()
         assert released == [1], how
+
+
+# -- the fields and shapes the property tests above do not reach (mutation testing found them) --
+
+
+def test_sse_id_and_retry_fields_follow_the_whatwg_rules():
+    decoder = SSEDecoder()
+    events = decoder.feed(b"id: 7\nretry: 1500\ndata: a\n\nretry: soon\ndata: b\n\nid: x\x00y\nretry: 20\ndata: c\n\nid\ndata: d\n\n")
+    assert [(e.data, e.id, e.retry) for e in events] == [("a", "7", 1500), ("b", "7", 1500), ("c", "7", 20), ("d", "", 20)]
+    # a field without a colon is its name with an empty value; an unknown field is ignored
+    assert [(e.data, e.event) for e in SSEDecoder().feed(b"data\nbogus: 1\nevent:x\n\n")] == [("", "x")]
+    # an event line alone dispatches an event with empty data
+    assert [(e.data, e.event) for e in SSEDecoder().feed(b"event: ping\n\n")] == [("", "ping")]
+    assert SSEDecoder().feed(b"\n\n:comment\n\n") == []
+
+
+def test_sse_flush_strips_a_trailing_cr_and_resets():
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: one\r") == []  # a CR at the end: maybe half of a CRLF
+    assert [e.data for e in decoder.flush()] == ["one"]
+    assert decoder.flush() == []
+    assert [e.data for e in decoder.feed(b"data: two\n\n")] == ["two"]
+    decoder.feed(b"data: three\r\ndata: more")
+    assert [e.data for e in decoder.flush()] == ["three\nmore"]
+
+
+def test_sse_crlf_split_between_reads_is_one_line_end():
+    decoder = SSEDecoder()
+    got = decoder.feed(b"data: a\r") + decoder.feed(b"\n\r") + decoder.feed(b"\ndata: b\r\r")
+    assert [e.data for e in got] == ["a"]  # the last CR may still be half of a CRLF
+    assert [e.data for e in decoder.feed(b"x")] == ["b"]  # it was not: a blank line, then "x"
+    assert [e.data for e in decoder.flush()] == []  # "x" is a field name with no value
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"error": {"message": "bad model"}}, "bad model"),
+        ({"error": {"detail": "not here"}}, "not here"),
+        ({"error": {"msg": "short"}}, "short"),
+        ({"message": "top level"}, "top level"),
+        ({"detail": [{"loc": ["body"], "msg": "x"}]}, '[{"loc": ["body"], "msg": "x"}]'),
+        ({"error": "plain words"}, "plain words"),
+        ("  a text body  ", "a text body"),
+        ("x" * 400, "x" * 300),
+        ("   ", "no error message"),
+        ({"error": {"code": 3}}, "no error message"),
+        (None, "no error message"),
+        ({"error": {"message": 5, "detail": "the detail"}}, "the detail"),
+    ],
+)
+def test_error_messages_in_the_shapes_servers_use(body, message):
+    from azion_ai._streaming import error_message
+
+    assert error_message(body) == message
+
+
+def test_in_band_error_shapes_raise_with_their_message():
+    for data in ('{"object": "error", "message": "overloaded"}', '{"error": {"message": "overloaded"}}'):
+        with pytest.raises(StreamError, match="error event in stream: overloaded") as caught:
+            parse_sse_event(ServerSentEvent(data))
+        assert caught.value.body == json.loads(data)
+    chunk_with_error_field = {"id": "c", "choices": [], "error": None}  # a chunk may carry an error key
+    assert parse_sse_event(ServerSentEvent(json.dumps(chunk_with_error_field))) == chunk_with_error_field
+    assert parse_sse_event(ServerSentEvent("  [DONE]  ")) is DONE
+    with pytest.raises(StreamError, match="unexpected data"):
+        parse_sse_event(ServerSentEvent("[1, 2]"))
+
+
+def test_accumulator_keeps_logprobs_reasoning_stop_reason_and_missing_ids():
+    entry = {"token": "a", "logprob": -0.5, "bytes": [97], "top_logprobs": []}
+    acc = ChunkAccumulator()
+    for p in [
+        chunk({"role": "assistant", "reasoning_content": "think "}),
+        chunk({"reasoning_content": "more"}),
+        ChatCompletionChunk.model_validate({**chunk({}).model_dump(), "choices": [{"index": 0, "delta": {"content": "a"}, "logprobs": {"content": [entry]}}]}),
+        ChatCompletionChunk.model_validate({**chunk({}).model_dump(), "choices": [{"index": 0, "delta": {"content": "b"}, "logprobs": {"content": [{**entry, "token": "b"}]}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"name": "get_", "arguments": "{"}}]}),
+        chunk({"tool_calls": [{"index": 0, "type": "function", "function": {"name": "time", "arguments": "}"}}]}),
+        ChatCompletionChunk.model_validate({**chunk({}).model_dump(), "choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": "END"}]}),
+    ]:
+        acc.add(p)
+    done = acc.completion()
+    choice = done.choices[0]
+    assert (choice.message.content, choice.message.reasoning_content) == ("ab", "think more")
+    assert [e["token"] for e in choice.logprobs["content"]] == ["a", "b"]
+    assert (choice.finish_reason, choice.stop_reason) == ("stop", "END")
+    call = choice.message.tool_calls[0]
+    assert (call.id, call.type, call.function.name, call.function.arguments) == ("call_0_0", "function", "get_time", "{}")
+    assert done.usage is None and (done.id, done.model, done.created) == ("chatcmpl-1", "m", 1)
+    plain = ChunkAccumulator()
+    plain.add(chunk({"role": "assistant"}))
+    only = plain.completion().choices[0]
+    assert (only.message.content, only.message.reasoning_content, only.logprobs, only.message.tool_calls) == (None, None, None, [])
