@@ -12,11 +12,11 @@ PY="$ROOT/.venv/bin/python"
 
 # name | module to mutate | the fast tests that cover it
 MODULES="
-schema_compile|azion_ai/_schema_compile.py|tests/test_schema_compile.py tests/test_validation.py
 streaming|azion_ai/_streaming.py|tests/test_streaming.py tests/test_remote.py
 images|azion_ai/_local/_images.py|tests/test_local_units.py
-internvl_original|azion_ai/_local/_internvl_original.py|tests/test_internvl_original_units.py
 request|azion_ai/_local/_request.py|tests/test_local_units.py
+internvl_original|azion_ai/_local/_internvl_original.py|tests/test_internvl_original_units.py
+schema_compile|azion_ai/_schema_compile.py|tests/test_schema_compile.py tests/test_validation.py
 validation|azion_ai/_validation.py|tests/test_validation.py tests/test_schema_compile.py tests/test_hostile.py
 response|azion_ai/_local/_response.py|tests/test_local_units.py
 chat|azion_ai/_local/_chat.py|tests/test_local_units.py
@@ -38,6 +38,7 @@ while IFS='|' read -r name module tests; do
     echo "source_paths = azion_ai"
     echo "only_mutate = $module"
     echo "also_copy = schemas"
+    echo "timeout_multiplier = 3"  # an endless-loop mutant is called out sooner (still caught)
     printf 'pytest_add_cli_args =\n  -p\n  no:cacheprovider\n  -m\n  not vllm and not slow and not gpu\n'
     echo "pytest_add_cli_args_test_selection ="
     for t in $tests; do echo "  $t"; done
