@@ -359,3 +359,75 @@ def test_accumulator_keeps_logprobs_reasoning_stop_reason_and_missing_ids():
     plain.add(chunk({"role": "assistant"}))
     only = plain.completion().choices[0]
     assert (only.message.content, only.message.reasoning_content, only.logprobs, only.message.tool_calls) == (None, None, None, [])
+
+
+def test_sse_line_ends_at_the_very_start_and_right_after_one_byte():
+    decoder = SSEDecoder()
+    assert [e.data for e in decoder.feed(b"\ndata: x\n\n")] == ["x"]  # a blank first line
+    decoder.feed(b"data: y")
+    assert [e.data for e in decoder.flush()] == ["y"]
+    assert [e.data for e in decoder.feed(b"\ndata: z\n\n")] == ["z"]  # and again after a flush
+    assert [e.data for e in SSEDecoder().feed(b":\rdata: w\r\n\r\n")] == ["w"]  # a CR at index 1
+
+
+def test_sse_flush_keeps_trailing_spaces_and_letters_and_bad_bytes_are_replaced():
+    decoder = SSEDecoder()
+    decoder.feed(b"data: XX  ")
+    assert [e.data for e in decoder.flush()] == ["XX  "]
+    assert [e.data for e in SSEDecoder().feed(b"data: a\xffb\n\n")] == ["a\ufffdb"]
+
+
+def test_error_texts_are_cut_where_documented():
+    data = "x" * 100
+    with pytest.raises(StreamError) as caught:
+        parse_sse_event(ServerSentEvent("{" + data))
+    assert str(caught.value) == f"malformed data in stream: {('{' + data)[:80]!r}"
+    with pytest.raises(StreamError) as caught:
+        parse_sse_event(ServerSentEvent(json.dumps([data])))
+    assert str(caught.value) == f"unexpected data in stream: {json.dumps([data])[:80]!r}"
+    from azion_ai._streaming import error_message
+
+    assert error_message({"error": {"detail": ["y" * 400]}}) == json.dumps(["y" * 400])[:300]
+    with pytest.raises(StreamError, match="^the stream held no chunks, so there is no completion to build$"):
+        ChunkAccumulator().completion()
+
+
+def test_a_chunk_that_is_not_a_chunk_is_named_and_odd_logprobs_are_skipped():
+    from azion_ai._streaming import parse_chunk
+
+    with pytest.raises(StreamError, match=r"^stream sent something that is not a chat\.completion\.chunk: Field required$"):
+        parse_chunk({"object": "chat.completion.chunk", "created": 1, "model": "m", "choices": []})
+    acc = ChunkAccumulator()
+    acc.add(ChatCompletionChunk.model_validate({**chunk({}).model_dump(), "choices": [{"index": 0, "delta": {"content": "a"}, "logprobs": {"content": None}}]}))
+    assert acc.completion().choices[0].logprobs == {"content": []}
+
+
+def _events_of(chunks):
+    from azion_ai._transport import ChunkStream
+
+    return ChunkStream(iter([c.model_dump() for c in chunks]))
+
+
+def test_iter_text_is_the_first_choices_content_and_streams_keep_their_request_id():
+    from azion_ai import Stream
+
+    parts = [chunk({"role": "assistant", "content": ""}), chunk({"content": "Hel"}), chunk({"content": "other"}, index=1), chunk({"content": "lo"}), chunk({}, finish="stop")]
+    stream = Stream(_events_of(parts), request_id="req-1")
+    assert stream.request_id == "req-1"
+    assert list(stream.iter_text()) == ["Hel", "lo"]
+    assert list(stream) == []  # over, and closed
+
+
+async def test_async_iter_text_and_request_id():
+    from azion_ai import AsyncStream
+    from azion_ai._transport import AsyncChunkStream
+
+    parts = [chunk({"content": "a"}), chunk({"content": "b"}, index=1), chunk({"content": "c"})]
+
+    async def gen():
+        for c in parts:
+            yield c.model_dump()
+
+    stream = AsyncStream(AsyncChunkStream(gen()), request_id="req-2")
+    assert stream.request_id == "req-2"
+    assert [t async for t in stream.iter_text()] == ["a", "c"]
