@@ -14,7 +14,7 @@ PY="$ROOT/.venv/bin/python"
 MODULES="
 streaming|azion_ai/_streaming.py|tests/test_streaming.py tests/test_remote.py
 images|azion_ai/_local/_images.py|tests/test_images.py tests/test_local_units.py
-request|azion_ai/_local/_request.py|tests/test_local_units.py
+request|azion_ai/_local/_request.py|tests/test_request.py tests/test_local_units.py
 internvl_original|azion_ai/_local/_internvl_original.py|tests/test_internvl_original_units.py
 schema_compile|azion_ai/_schema_compile.py|tests/test_schema_compile.py tests/test_validation.py
 validation|azion_ai/_validation.py|tests/test_validation.py tests/test_schema_compile.py tests/test_hostile.py
