@@ -24,6 +24,8 @@ chat|azion_ai/_local/_chat.py|tests/test_local_units.py
 
 wanted=("$@")
 # AZION_AI_MUTATION: hypothesis runs a tenth of its examples, derandomized (tests/seeds.examples)
+# AZION_AI_MUTATION_CACHE: the tiny checkpoints, built once for every mutant of every module
+export AZION_AI_MUTATION_CACHE="$ROOT/.mutation/cache"
 export AZION_AI_MUTATION=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
 unset PYTHONPATH
 while IFS='|' read -r name module tests; do

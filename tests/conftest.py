@@ -110,7 +110,11 @@ INTERNVL_ID = "opengvlab-internvl3-1b-instruct"
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory):
     """An AZION_AI_CACHE root holding this session's tiny checkpoints where azion_ai looks for
-    them by default: subprocesses (benchmarks, the demo) given it reuse them, never rebuild."""
+    them by default: subprocesses (benchmarks, the demo) given it reuse them, never rebuild.
+    scripts/mutation.sh names one that outlives the session (AZION_AI_MUTATION_CACHE): one build
+    for every mutant."""
+    if os.environ.get("AZION_AI_MUTATION_CACHE"):
+        return Path(os.environ["AZION_AI_MUTATION_CACHE"])
     return tmp_path_factory.mktemp("cache")
 
 

@@ -200,3 +200,98 @@ def test_the_cache_key_follows_the_source_files(tmp_path):
     (tmp_path / "sub").mkdir()
     with_dir = cache_key(tmp_path)
     assert with_dir == cache_key(tmp_path)
+
+
+# -- the conversion itself, on the tiny checkpoint (no model is loaded, only files read) -----------
+
+
+@pytest.fixture(scope="module")
+def original(tiny_dirs, tiny_cache):
+    from checkpoints import build_internvl3_original
+
+    where = tiny_cache / "internvl3-original"
+    if not (where / "model.safetensors").is_file():  # built once (the tiny cache outlives mutants)
+        build_internvl3_original(tiny_dirs["opengvlab-internvl3-1b-instruct"], where)
+    return where
+
+
+def test_convert_writes_the_native_layout_as_published(tiny_dirs, original, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from azion_ai._local._internvl_original import convert
+
+    out = convert(original, tmp_path)
+    assert out.parent == tmp_path and out.name == f"internvl-{cache_key(original)}"
+    expected = load_file(str(tiny_dirs["opengvlab-internvl3-1b-instruct"] / "model.safetensors"))  # the -hf twin's file
+    got = load_file(str(out / "model.safetensors"))
+    assert sorted(got) == sorted(expected)
+    assert [n for n in expected if not torch.equal(got[n], expected[n])] == []
+    config = json.loads((out / "config.json").read_text())
+    added = {t["content"]: t["id"] for t in json.loads((original / "tokenizer.json").read_text())["added_tokens"]}
+    # published: eos forced to <|im_end|>; the image token is <IMG_CONTEXT>
+    assert (config["model_type"], config["text_config"]["eos_token_id"], config["image_token_id"]) == ("internvl", added["<|im_end|>"], added["<IMG_CONTEXT>"])
+    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
+    assert (tokenizer_config["context_image_token"], tokenizer_config["start_image_token"], tokenizer_config["end_image_token"]) == ("<IMG_CONTEXT>", "<img>", "</img>")
+    assert "auto_map" not in tokenizer_config
+    pre = json.loads((out / "preprocessor_config.json").read_text())
+    tile = json.loads((original / "config.json").read_text())["force_image_size"]
+    assert (pre["size"], pre["min_patches"], pre["max_patches"], pre["crop_to_patches"]) == ({"height": tile, "width": tile}, 1, 12, True)
+    assert (pre["image_mean"], pre["image_std"]) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # ImageNet's
+    assert json.loads((out / "processor_config.json").read_text())["image_seq_length"] == config["image_seq_length"]
+    assert (out / ".complete").is_file() and not list(tmp_path.glob("*.tmp*"))
+    assert (out / "generation_config.json").read_bytes() == (original / "generation_config.json").read_bytes()
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    assert convert(original, tmp_path) == out and (out / "model.safetensors").stat().st_mtime_ns == stamp  # reused
+
+
+def _copy(original, where):
+    import shutil
+
+    shutil.copytree(original, where)
+    return where
+
+
+def test_convert_names_what_is_wrong(original, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from azion_ai._local._internvl_original import convert
+
+    def error(src):
+        with pytest.raises(azion_ai.ModelLoadError) as caught:
+            convert(src, tmp_path / "cache")
+        assert not list((tmp_path / "cache").glob("*/.complete"))  # nothing half-written is kept
+        return str(caught.value)
+
+    missing = _copy(original, tmp_path / "missing")
+    tensors = load_file(str(missing / "model.safetensors"))
+    del tensors["vision_model.encoder.layers.1.ls2"], tensors["mlp1.1.weight"]
+    save_file(tensors, str(missing / "model.safetensors"))
+    assert "the weights lack vision_model.encoder.layers.1.ls2, mlp1.1.weight" in error(missing)
+
+    unknown = _copy(original, tmp_path / "unknown")
+    tensors = load_file(str(unknown / "model.safetensors"))
+    tensors["vision_model.head.weight"] = tensors["mlp1.1.weight"].clone()
+    save_file(tensors, str(unknown / "model.safetensors"))
+    assert "tensor 'vision_model.head.weight' has no place in InternVL3" in error(unknown)
+
+    qkv = _copy(original, tmp_path / "qkv")
+    tensors = load_file(str(qkv / "model.safetensors"))
+    tensors["vision_model.encoder.layers.0.attn.qkv.weight"] = tensors["vision_model.encoder.layers.0.attn.qkv.weight"][:-3].contiguous()
+    save_file(tensors, str(qkv / "model.safetensors"))
+    hidden = json.loads((original / "config.json").read_text())["vision_config"]["hidden_size"]
+    assert f"a fused qkv needs {3 * hidden} rows" in error(qkv)
+
+    embed = _copy(original, tmp_path / "embed")
+    config = json.loads((embed / "config.json").read_text())
+    config["llm_config"]["vocab_size"] += 1
+    (embed / "config.json").write_text(json.dumps(config))
+    assert "embed_tokens has shape" in error(embed) and "config.json says" in error(embed)
+
+    no_tokenizer = _copy(original, tmp_path / "notok")
+    (no_tokenizer / "tokenizer.json").unlink()
+    assert "has no tokenizer" in error(no_tokenizer)
+
+    no_weights = _copy(original, tmp_path / "noweights")
+    (no_weights / "model.safetensors").unlink()
+    assert "has no safetensors weights" in error(no_weights)
