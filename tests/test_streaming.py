@@ -431,3 +431,11 @@ async def test_async_iter_text_and_request_id():
     stream = AsyncStream(AsyncChunkStream(gen()), request_id="req-2")
     assert stream.request_id == "req-2"
     assert [t async for t in stream.iter_text()] == ["a", "c"]
+
+
+def test_sse_defaults_and_the_last_byte_of_a_flushed_line():
+    (first,) = SSEDecoder().feed(b"data: a\n\n")
+    assert (first.id, first.retry, first.event) == (None, None, None)
+    decoder = SSEDecoder()
+    decoder.feed(b"data: aX\r")
+    assert [e.data for e in decoder.flush()] == ["aX"]  # only the CR goes
