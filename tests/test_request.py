@@ -105,7 +105,7 @@ def test_the_budget_is_max_tokens_cut_to_the_context():
     for prompt_len in (100, 150):
         with pytest.raises(azion_ai.ValidationError) as caught:
             request(10).budget(prompt_len)
-        assert caught.value.paths == ["messages"]
+        assert caught.value.paths == ["messages"] and "qwen-qwen25-vl-3b-instruct-awq" in str(caught.value)
         assert f"maximum context length is 100 tokens; the prompt is {prompt_len} tokens, which leaves no room for output" in str(caught.value)
 
 
