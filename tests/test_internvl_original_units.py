@@ -295,3 +295,56 @@ def test_convert_names_what_is_wrong(original, tmp_path):
     no_weights = _copy(original, tmp_path / "noweights")
     (no_weights / "model.safetensors").unlink()
     assert "has no safetensors weights" in error(no_weights)
+
+
+MINIMAL = {  # only what cannot default
+    "llm_config": {"hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 640, "rope_scaling": {"factor": 2.0}},
+    "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2, "patch_size": 14},
+}
+
+
+def test_defaults_where_a_config_is_silent(tmp_path):
+    config = native_config(MINIMAL, tmp_path / "config.json", 7, 8)
+    text, vision = config["text_config"], config["vision_config"]
+    assert text == {
+        "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 640, "model_type": "qwen2", "eos_token_id": 8,
+        "rope_parameters": {"factor": 2.0, "rope_type": "default", "rope_theta": 1000000.0},
+    }
+    assert (vision["image_size"], vision["attention_bias"], vision["use_qk_norm"]) == ([448, 448], True, False)
+    assert (vision["layer_norm_eps"], vision["hidden_act"], vision["norm_type"], vision["use_mean_pooling"]) == (1e-6, "gelu", "layer_norm", True)
+    assert (config["downsample_ratio"], config["vision_feature_layer"], config["tie_word_embeddings"], config["torch_dtype"]) == (0.5, -1, False, "bfloat16")
+    assert config["image_seq_length"] == 256 and config["image_token_id"] == 7  # (448 / 14) ** 2 * 0.5 ** 2
+    sized = native_config({**MINIMAL, "vision_config": {**MINIMAL["vision_config"], "image_size": 224}}, tmp_path / "c.json", 7, 8)
+    assert sized["vision_config"]["image_size"] == [224, 224] and sized["image_seq_length"] == 64
+    llm = {**MINIMAL["llm_config"], "rope_theta": 5.0, "rope_scaling": {"type": "dynamic", "factor": 3.0}, "torch_dtype": "float16",
+           "auto_map": {"x": "y"}, "_name_or_path": "/somewhere", "transformers_version": "4.0", "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}
+    other = native_config({**MINIMAL, "llm_config": llm, "downsample_ratio": 0.25}, tmp_path / "c.json", 7, 8)
+    assert other["text_config"]["rope_parameters"] == {"factor": 3.0, "rope_type": "dynamic", "rope_theta": 5.0}
+    assert not {"auto_map", "_name_or_path", "transformers_version", "architectures", "rope_scaling"} & set(other["text_config"])
+    assert (other["torch_dtype"], other["downsample_ratio"], other["image_seq_length"]) == ("float16", 0.25, 64)
+    kept = native_config({**MINIMAL, "llm_config": {**MINIMAL["llm_config"], "rope_parameters": {"rope_type": "default", "rope_theta": 9.0}}}, tmp_path / "c.json", 7, 8)
+    assert kept["text_config"]["rope_parameters"] == {"rope_type": "default", "rope_theta": 9.0}
+    assert kept["text_config"]["rope_scaling"] == {"factor": 2.0}  # both given: the native one wins, untouched
+    plain = native_config({**MINIMAL, "llm_config": {**MINIMAL["llm_config"], "rope_scaling": None}}, tmp_path / "c.json", 7, 8)
+    assert "rope_parameters" not in plain["text_config"]
+
+
+@pytest.mark.parametrize("field", ["hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers", "patch_size"])
+def test_each_required_vision_field_is_named(tmp_path, field):
+    vision = {k: v for k, v in MINIMAL["vision_config"].items() if k != field}
+    with pytest.raises(azion_ai.ModelLoadError) as caught:
+        native_config({**MINIMAL, "vision_config": vision}, tmp_path / "config.json", 7, 8)
+    assert str(caught.value) == f"{tmp_path / 'config.json'}: vision_config.{field} is missing; cannot map this InternVL config"
+
+
+def test_required_sections_and_unmappable_values_are_named_exactly(tmp_path):
+    where = tmp_path / "config.json"
+    with pytest.raises(azion_ai.ModelLoadError) as caught:
+        native_config({"vision_config": {}}, where, 7, 8)
+    assert str(caught.value) == f"{where}: llm_config is missing; cannot map this InternVL config"
+    with pytest.raises(azion_ai.ModelLoadError) as caught:
+        native_config({**MINIMAL, "ps_version": "v1"}, where, 7, 8)
+    assert str(caught.value) == f"{where}: ps_version is 'v1'; only 'v2' can be mapped to transformers' InternVL"
+    with pytest.raises(azion_ai.ModelLoadError) as caught:
+        native_config({**MINIMAL, "llm_config": {**MINIMAL["llm_config"], "architectures": ["LlamaForCausalLM"], "model_type": "llama"}}, where, 7, 8)
+    assert str(caught.value) == f"{where}: llm_config is LlamaForCausalLM (llama); only InternVL3's Qwen2 language model is supported"
