@@ -348,3 +348,18 @@ def test_required_sections_and_unmappable_values_are_named_exactly(tmp_path):
     with pytest.raises(azion_ai.ModelLoadError) as caught:
         native_config({**MINIMAL, "llm_config": {**MINIMAL["llm_config"], "architectures": ["LlamaForCausalLM"], "model_type": "llama"}}, where, 7, 8)
     assert str(caught.value) == f"{where}: llm_config is LlamaForCausalLM (llama); only InternVL3's Qwen2 language model is supported"
+
+
+def test_the_conversion_cache_lives_where_the_environment_says(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from azion_ai._local._internvl_original import default_cache_root
+
+    monkeypatch.setenv("AZION_AI_CACHE", str(tmp_path / "a"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert default_cache_root() == tmp_path / "a" / "azion_ai" / "converted"
+    monkeypatch.delenv("AZION_AI_CACHE")
+    assert default_cache_root() == tmp_path / "x" / "azion_ai" / "converted"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_root() == Path(tmp_path / "home") / ".cache" / "azion_ai" / "converted"
