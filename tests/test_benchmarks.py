@@ -42,7 +42,7 @@ def test_gpu_benchmark_writes_its_rows_as_it_goes(tiny_dirs, tiny_cache, tmp_pat
     import signal
     import time
 
-    pytest.importorskip("torch")
+    require("torch")
     env = {**os.environ, "AZION_AI_CACHE": str(tiny_cache), "PYTHONPATH": str(ROOT)}
     script = str(ROOT / "benchmarks" / "gpu.py")
     killed = tmp_path / "killed"

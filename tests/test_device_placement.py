@@ -11,10 +11,10 @@ engine creates without ``device=`` fails the request.
 from __future__ import annotations
 
 import pytest
-from conftest import INTERNVL_ID, QWEN_ID, png_data_uri
+from conftest import INTERNVL_ID, QWEN_ID, png_data_uri, require
 
 pytestmark = pytest.mark.local
-torch = pytest.importorskip("torch")
+torch = require("torch")
 
 META = torch.device("meta")
 EVERYTHING = {

@@ -9,13 +9,13 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import INTERNVL_ID, QWEN_ID, png_data_uri
+from conftest import INTERNVL_ID, QWEN_ID, png_data_uri, require
 
 import azion_ai
 from azion_ai import AI
 
 pytestmark = pytest.mark.local
-torch = pytest.importorskip("torch")
+torch = require("torch")
 
 SHORT = {"messages": [{"role": "user", "content": "Name the european capitals"}], "max_tokens": 3, "temperature": 0}
 
