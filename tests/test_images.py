@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
-from urllib.parse import quote
+from urllib.parse import quote, quote_from_bytes
 
 import httpx
 import pytest
@@ -85,6 +85,9 @@ def test_data_uris():
     assert message(exact, "data:image/png;base64," + "A" * 404) == "not a decodable image (UnidentifiedImageError)"  # at the limit: read
     svg_like = "data:image/png," + quote(b"GIF89a-not-really".decode())
     assert "not a decodable image" in message(images, svg_like)  # percent-encoded payloads are read too
+    # percent-encoded bytes are octets (RFC 2397): a PNG sent that way is the same image
+    assert images.load("data:image/png," + quote_from_bytes(PNG), "p").size == (40, 30)
+    assert message(ImageLoader(ImagePolicy(max_bytes=len(PNG) - 1)), "data:image/png," + quote_from_bytes(PNG)).startswith("data: URI is larger than")
 
 
 # -- local files -------------------------------------------------------------------------------------

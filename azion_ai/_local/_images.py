@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 import httpx
 
@@ -105,14 +105,20 @@ class ImageLoader:
         media_type = header[5:].split(";", 1)[0].lower()
         if media_type and not media_type.startswith(self.policy.content_types):
             raise ImageError(f"data: URI media type {media_type!r} is not an image", path=where)
-        if len(payload) > self.policy.max_bytes * 4 // 3 + 4:
-            raise ImageError(f"data: URI is larger than {self.policy.max_bytes} bytes (ImagePolicy.max_bytes)", path=where)
+        too_large = ImageError(f"data: URI is larger than {self.policy.max_bytes} bytes (ImagePolicy.max_bytes)", path=where)
         if header.endswith(";base64"):
+            if len(payload) > self.policy.max_bytes * 4 // 3 + 4:
+                raise too_large
             try:
                 return base64.b64decode(payload, validate=True)
             except (binascii.Error, ValueError):
                 raise ImageError("data: URI has invalid base64", path=where) from None
-        return unquote(payload).encode("latin-1", errors="replace")
+        if len(payload) > self.policy.max_bytes * 3:  # "%XX" per byte at the most
+            raise too_large
+        data = unquote_to_bytes(payload)  # RFC 2397: %XX escapes are octets, not UTF-8
+        if len(data) > self.policy.max_bytes:
+            raise too_large
+        return data
 
     def _read_file(self, url: str, where: str) -> bytes:
         root = self.policy.allowed_local_dir
