@@ -272,7 +272,6 @@ def test_a_dead_engine_is_replaced_by_the_next_request(ai):
         except psutil.Error:  # gone, or a zombie left by an earlier test's server
             return ""
 
-    ai.transport.load(QWEN_ID)  # started here when this test runs alone
     old = ai.transport._engines[QWEN_ID]
     children = psutil.Process().children(recursive=True)
     cores = [p for p in children if "EngineCore" in described(p)]
