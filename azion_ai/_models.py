@@ -22,6 +22,8 @@ __all__ = ["ModelInfo", "register_model", "get_model", "list_models"]
 
 QWEN25_VL_3B_AWQ = "qwen-qwen25-vl-3b-instruct-awq"
 INTERNVL3_1B = "opengvlab-internvl3-1b-instruct"
+QWEN3_EMBEDDING_4B = "qwen-qwen3-embedding-4b"
+BGE_RERANKER_V2_M3 = "baai-bge-reranker-v2-m3"
 
 
 @dataclass(frozen=True)

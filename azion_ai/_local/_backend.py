@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import logging
 import math
@@ -20,7 +21,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -48,6 +49,7 @@ from ._engine import ENGINES, Engine
 from ._engine_transformers import TransformersOptions
 from ._images import ImageLoader, ImagePolicy
 from ._loading import AWQ_KERNELS
+from ._pooling import POOLING_KINDS, PoolingEngine, PoolingJob
 from ._request import (
     Chunk,
     Done,
@@ -63,6 +65,7 @@ from ._response import one_choice_each
 
 log = logging.getLogger("azion_ai")
 progress = logging.getLogger("azion_ai.progress")  # loading, compiling, warming up: shown by `azion-ai serve`
+EngineT = TypeVar("EngineT", Engine, PoolingEngine)
 
 ENV_MODELS_DIR = "AZION_AI_MODELS_DIR"
 # Parameters that change an answer and that the local backend does not implement: refused with a
@@ -189,6 +192,7 @@ class LocalTransport(BaseTransport, AsyncBaseTransport):
             **({"max_batch_size": max_batch_size} if max_batch_size is not None else {}),
         )
         self._engines: dict[str, Engine] = {}
+        self._poolers: dict[str, PoolingEngine] = {}
         self._load_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -215,41 +219,68 @@ class LocalTransport(BaseTransport, AsyncBaseTransport):
 
     def load(self, model_id: str) -> None:
         """Load ``model_id`` now rather than on its first request."""
-        self._engine_for(get_model(model_id))
+        model = get_model(model_id)
+        if model.kind in POOLING_KINDS:
+            self._pooler_for(model)
+        else:
+            self._engine_for(model)
 
     @staticmethod
     def _runs_here(model: ModelInfo) -> None:
-        """Only chat models of a family this backend has (Qwen2.5-VL, InternVL3) run locally; any
-        other catalogue model is an error before anything loads."""
+        """Chat models of a family this backend has (Qwen2.5-VL, InternVL3) and the retrieval
+        models (Qwen3-Embedding, bge-reranker-v2-m3) run locally; any other catalogue model is an
+        error before anything loads."""
+        if model.kind in POOLING_KINDS:
+            return
         if model.kind != "chat" or model.family is None:
-            what = "an embedding model" if model.kind == "embeddings" else "a reranker" if model.kind == "rerank" else "a model whose architecture the local backend does not have"
             raise LocalBackendError(
-                f"{model.id!r} is {what}: the local backend runs the Qwen2.5-VL family and InternVL3 only. "
+                f"{model.id!r} is a model whose architecture the local backend does not have: it runs the Qwen2.5-VL "
+                "family, InternVL3, Qwen3-Embedding and bge-reranker-v2-m3. "
                 "Use the remote backend for it: AI(base_url='https://<app>.map.azionedge.net/v1')"
             )
 
     def _engine_for(self, model: ModelInfo) -> Engine:
-        """The model's engine, started (and its weights loaded) on first use, once."""
+        """The chat model's engine, started (and its weights loaded) on first use, once."""
+        self._runs_here(model)
+        return self._started(model, self._engines, self._start_engine)
+
+    def _pooler_for(self, model: ModelInfo) -> PoolingEngine:
+        """The retrieval model's engine, started on first use, once."""
+        return self._started(model, self._poolers, self._start_pooler)
+
+    def _started(self, model: ModelInfo, engines: dict[str, EngineT], start: Callable[[ModelInfo], EngineT]) -> EngineT:
         if self._closed:
             raise LocalBackendError("this local backend is closed")
-        engine = self._engines.get(model.id)
+        engine = engines.get(model.id)
         if engine is not None and engine.alive:
             return engine
-        self._runs_here(model)
         with self._lock:
             lock = self._load_locks.setdefault(model.id, threading.Lock())
         with lock:
-            engine = self._engines.get(model.id)
+            engine = engines.get(model.id)
             if engine is not None and not engine.alive:  # it died: free what it holds, start anew
                 log.warning("the %s engine for %s stopped; starting a new one", engine.name, model.id)
-                self._engines.pop(model.id, None)
+                engines.pop(model.id, None)
                 with contextlib.suppress(Exception):
                     engine.stop()
                 engine = None
             if engine is None:
-                engine = self._start_engine(model)
-                self._engines[model.id] = engine
+                engine = start(model)
+                engines[model.id] = engine
         return engine
+
+    def _start_pooler(self, model: ModelInfo) -> PoolingEngine:
+        from ._pooling import load_pooling_checkpoint
+
+        checkpoint = load_pooling_checkpoint(model.id, model.kind, self.model_path(model.id))
+        if self.engine == "vllm":
+            from ._engine_vllm_pooling import VLLMPoolingEngine
+
+            max_model_len = checkpoint.context_length(self.max_model_len or model.context_length)
+            return VLLMPoolingEngine(checkpoint, self.device, max_model_len, dict(self.engine_options))
+        from ._engine_pooling import TransformersPoolingEngine
+
+        return TransformersPoolingEngine(checkpoint, self.device)
 
     def _start_engine(self, model: ModelInfo) -> Engine:
         assert model.family is not None  # _runs_here checked it
@@ -281,9 +312,11 @@ class LocalTransport(BaseTransport, AsyncBaseTransport):
         """Stop the engines and free the models' memory."""
         self._closed = True
         engines, self._engines = self._engines, {}
-        for engine in engines.values():
+        poolers, self._poolers = self._poolers, {}
+        running: list[Engine | PoolingEngine] = [*engines.values(), *poolers.values()]
+        for engine in running:
             engine.stop()
-        del engines
+        del engines, poolers, running
         gc.collect()
         try:
             torch = sys.modules.get("torch")
@@ -296,6 +329,14 @@ class LocalTransport(BaseTransport, AsyncBaseTransport):
         await anyio.to_thread.run_sync(self.close)
 
     # -- requests -----------------------------------------------------------------------------
+
+    def _submission(self, request: ChatRequest, emit: Callable[[Event], None]) -> tuple[Callable[[], None], Job | PoolingJob]:
+        """The job for this request (chat or retrieval) and the call that hands it to its engine."""
+        if request.model.kind in POOLING_KINDS:
+            pooler, pooling_job = self._pooling_job(request, emit)
+            return functools.partial(pooler.submit, pooling_job), pooling_job
+        engine, job = self._job(request, emit)
+        return functools.partial(engine.submit, job), job
 
     def _job(self, request: ChatRequest, emit: Callable[[Event], None]) -> tuple[Engine, Job]:
         """Everything that can fail before a model runs (checks, loading, rendering, images)."""
@@ -365,10 +406,25 @@ class LocalTransport(BaseTransport, AsyncBaseTransport):
         )
         return engine, Job(prepared, emit)
 
+    def _pooling_job(self, request: ChatRequest, emit: Callable[[Event], None]) -> tuple[PoolingEngine, PoolingJob]:
+        """A retrieval request: checked and tokenized here (vLLM's refusals), run by the engine."""
+        from ._pooling import prepare
+
+        model = request.model
+        if request.extra_headers:
+            raise LocalBackendError("extra_headers apply to HTTP requests; the local backend sends none (use the remote backend)")
+        if request.lora is not None:
+            raise LocalBackendError(f"{model.id!r} takes no LoRA adapter (Azion serves it without); lora applies to chat models")
+        if request.stream:
+            raise ValidationError(model.id, [ValidationIssue("stream", f"{request.endpoint} answers are not streamed; remove 'stream'")])
+        engine = self._pooler_for(model)
+        prepared = prepare(engine.checkpoint, model, request.endpoint, request.payload, self.max_model_len or model.context_length)
+        return engine, PoolingJob(prepared, emit)
+
     def handle_request(self, request: ChatRequest) -> TransportResponse:
         events: queue.Queue[Event] = queue.Queue()
-        engine, job = self._job(request, events.put)
-        engine.submit(job)
+        submit, job = self._submission(request, events.put)
+        submit()
 
         def next_event() -> Event:
             """The job's next event; with a timeout, a stall cancels the job (freeing the worker)."""
@@ -413,8 +469,8 @@ class LocalTransport(BaseTransport, AsyncBaseTransport):
             send.close()
 
         # model loading and image fetching block: keep them off the event loop
-        engine, job = await anyio.to_thread.run_sync(self._job, request, emit)
-        engine.submit(job)
+        submit, job = await anyio.to_thread.run_sync(self._submission, request, emit)
+        submit()
 
         async def next_event() -> Event:
             try:

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-BUILD_VERSION = "4"
+BUILD_VERSION = "5"
 
 QWEN_SPECIALS = [
     "<|endoftext|>",
@@ -69,6 +69,14 @@ A cat sits on a red sofa next to a window. The weather in London is cloudy with 
 You are a helpful assistant with access to tools. Name the european capitals. Hello, world!
 {"name": "get_weather", "arguments": {"location": "London"}} function call result answer.
 Numbers 0 1 2 3 4 5 6 7 8 9 10 100 1000. Olá, você está bem? Ça va très bien, merci. 日本語 中文 😀
+"""
+
+
+_RETRIEVAL_CORPUS = """
+What is deep learning? Deep learning is a subset of machine learning that uses neural networks with
+many layers. Deep learning enables computers to learn from large amounts of data. The weather is
+nice today. I like pizza. The food was delicious and the waiter was friendly. Retrieval ranks the
+documents that answer a query: embed the passages, rerank the candidates, then answer.
 """
 
 
@@ -436,27 +444,197 @@ def build_internvl3(path: str | os.PathLike[str], *, seed: int = 1, full_size: b
     return out
 
 
+QWEN3_EMBEDDING_PROMPTS = {
+    "query": "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:",
+    "document": "",
+}
+
+
+def build_qwen3_embedding(path: str | os.PathLike[str], *, seed: int = 2) -> Path:
+    """A Qwen3-Embedding directory as Qwen/Qwen3-Embedding-4B publishes it, tiny.
+
+    config.json names ``Qwen3ForCausalLM``, but the weights are the base model's (no ``model.``
+    prefix, no lm_head), as sentence-transformers saves them; the tokenizer's post-processor
+    appends ``<|endoftext|>`` to every text (the token the model pools); modules.json,
+    1_Pooling/config.json (last-token pooling) and config_sentence_transformers.json (the query
+    prompt) are the sentence-transformers files. The hidden size, 512, lets the page's smallest
+    ``dimensions`` values (256, 512) be asked for and the larger ones be refused."""
+    import torch
+    from safetensors.torch import save_file
+    from tokenizers import processors
+    from transformers import Qwen3Config, Qwen3Model
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _tokenizer(QWEN_ADDED + ["<think>", "</think>"])
+    end = "<|endoftext|>"
+    end_id = tok.convert_tokens_to_ids(end)
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"$A:0 {end}:0", pair=f"$A:0 {end}:0 $B:1 {end}:1", special_tokens=[(end, end_id)]
+    )
+    vocab_size = ((len(tok) + 63) // 64) * 64
+    hidden = 512
+    config = Qwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=40960,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        bos_token_id=end_id,
+        eos_token_id=end_id,
+        attention_bias=False,
+    )
+    torch.manual_seed(seed)
+    model = Qwen3Model(config).eval()
+    _randomise(model, 0.2, seed)
+    tensors = {name: t.contiguous() for name, t in model.state_dict().items()}
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    raw = {  # the published config.json's fields (transformers 4 names), at the tiny sizes
+        "architectures": ["Qwen3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "bos_token_id": end_id, "eos_token_id": end_id, "head_dim": config.head_dim, "hidden_act": "silu",
+        "hidden_size": hidden, "initializer_range": 0.02, "intermediate_size": config.intermediate_size,
+        "max_position_embeddings": 40960, "max_window_layers": 2, "model_type": "qwen3",
+        "num_attention_heads": 2, "num_hidden_layers": 2, "num_key_value_heads": 1, "rms_norm_eps": 1e-06,
+        "rope_scaling": None, "rope_theta": 1000000, "sliding_window": None, "tie_word_embeddings": True,
+        "torch_dtype": "float32", "use_cache": True, "use_sliding_window": False, "vocab_size": vocab_size,
+    }
+    _write_json(out / "config.json", raw)
+    _write_tokenizer(out, tok, None, 131072)
+    _write_json(out / "config_sentence_transformers.json", {"prompts": QWEN3_EMBEDDING_PROMPTS, "default_prompt_name": None, "similarity_fn_name": "cosine"})
+    _write_json(
+        out / "modules.json",
+        [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+        ],
+    )
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    _write_json(
+        out / "1_Pooling" / "config.json",
+        {
+            "word_embedding_dimension": hidden,
+            "pooling_mode_cls_token": False,
+            "pooling_mode_mean_tokens": False,
+            "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False,
+            "pooling_mode_weightedmean_tokens": False,
+            "pooling_mode_lasttoken": True,
+            "include_prompt": True,
+        },
+    )
+    return out
+
+
+_XLMR_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # fairseq's ids 0-3, as XLM-R keeps them
+
+
+def _xlmr_tokenizer() -> Any:
+    """A Unigram tokenizer shaped like XLM-RoBERTa's tokenizer.json: metaspace pieces, <s>=0,
+    <pad>=1, </s>=2, <unk>=3, <mask> last, and the pair template ``<s> A </s></s> B </s>``."""
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import XLMRobertaTokenizer
+
+    uni = Tokenizer(models.Unigram())
+    uni.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(" {2,}", " ")])
+    uni.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    uni.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(vocab_size=700, special_tokens=_XLMR_SPECIALS, unk_token="<unk>", show_progress=False)
+    uni.train_from_iterator([_CORPUS + _RETRIEVAL_CORPUS] * 4, trainer=trainer)
+    uni.add_special_tokens(["<mask>"])
+    bos, eos = uni.token_to_id("<s>"), uni.token_to_id("</s>")
+    uni.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
+    )
+    return XLMRobertaTokenizer(
+        tokenizer_object=uni, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
+        unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+    )
+
+
+def build_bge_reranker(path: str | os.PathLike[str], *, seed: int = 3) -> Path:
+    """A bge-reranker-v2-m3 directory (BAAI/bge-reranker-v2-m3's files), tiny:
+    ``XLMRobertaForSequenceClassification`` with one label (the relevance logit), XLM-R's 8,194
+    positions (padding offset 2), one token type, and its tokenizer files."""
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _xlmr_tokenizer()
+    config = XLMRobertaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=8194,
+        type_vocab_size=1,
+        layer_norm_eps=1e-5,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        id2label={0: "LABEL_0"},  # one label
+        label2id={"LABEL_0": 0},
+        architectures=["XLMRobertaForSequenceClassification"],
+    )
+    torch.manual_seed(seed)
+    model = XLMRobertaForSequenceClassification(config).eval()
+    _randomise(model, 0.2, seed)
+    with torch.no_grad():  # relevance logits of order one, so scores spread over (0, 1)
+        model.classifier.out_proj.weight.mul_(0.5)
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    for name in ("chat_template.jinja",):
+        (out / name).unlink(missing_ok=True)
+    config_file = out / "tokenizer_config.json"
+    tok_config = json.loads(config_file.read_text(encoding="utf-8"))
+    tok_config["model_max_length"] = 8192
+    _write_json(config_file, tok_config)
+    return out
+
+
 def default_cache_dir() -> Path:
     root = os.environ.get("AZION_AI_CACHE") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(root) / "azion_ai" / f"tiny-v{BUILD_VERSION}"
 
 
 def ensure_tiny_checkpoints(cache_dir: str | os.PathLike[str] | None = None, *, full_size: bool = False) -> dict[str, Path]:
-    """Build (once, then reuse) the checkpoints (tiny, or the real shapes); model id -> directory."""
-    from .._models import INTERNVL3_1B, QWEN25_VL_3B_AWQ
+    """Build (once, then reuse) the checkpoints (tiny, or the real shapes of the two chat models);
+    model id -> directory."""
+    from .._models import BGE_RERANKER_V2_M3, INTERNVL3_1B, QWEN3_EMBEDDING_4B, QWEN25_VL_3B_AWQ
     from ._loading import import_torch
 
     import_torch()  # the local extra's check, and (AZION_AI_QUIET) torch's loggers quieted first
 
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    dirs = {QWEN25_VL_3B_AWQ: root / QWEN25_VL_3B_AWQ, INTERNVL3_1B: root / INTERNVL3_1B}
-    builders = {QWEN25_VL_3B_AWQ: build_qwen25_vl_awq, INTERNVL3_1B: build_internvl3}
+    builders: dict[str, Any] = {
+        QWEN25_VL_3B_AWQ: lambda out: build_qwen25_vl_awq(out, full_size=full_size),
+        INTERNVL3_1B: lambda out: build_internvl3(out, full_size=full_size),
+    }
+    if not full_size:  # the retrieval models are tiny only
+        builders[QWEN3_EMBEDDING_4B] = build_qwen3_embedding
+        builders[BGE_RERANKER_V2_M3] = build_bge_reranker
+    dirs = {model_id: root / model_id for model_id in builders}
     for model_id, directory in dirs.items():
         marker = directory / ".built"
         if marker.exists() and marker.read_text() == BUILD_VERSION:
             continue
         tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
-        builders[model_id](tmp, full_size=full_size)
+        builders[model_id](tmp)
         (tmp / ".built").write_text(BUILD_VERSION)
         if directory.exists():
             import shutil
