@@ -141,7 +141,7 @@ def _summary(result: Any) -> str:
 def cmd_models(args: argparse.Namespace) -> int:
     rows = [("MODEL", "KIND", "CONTEXT", "TOOLS", "LORA", "INPUTS", "LOCAL", "HUGGING FACE")]
     for m in list_models():
-        local = "yes" if m.family and m.kind == "chat" else "no"
+        local = "yes" if (m.family and m.kind == "chat") or m.kind in ("embeddings", "rerank") else "no"
         name = m.id + (f" (also {', '.join(m.aliases)})" if m.aliases else "")
         rows.append((name, m.kind, f"{m.context_length:,}", "yes" if m.tool_calling else "no", "yes" if m.lora else "no", "+".join(m.input_modalities), local, m.hf_repo))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -1,9 +1,10 @@
 """An OpenAI-compatible HTTP server in front of the local backend (starlette; run by uvicorn).
 
-``POST /v1/chat/completions`` (whole or SSE ending ``data: [DONE]``), ``GET /v1/models`` and
-``GET /health``. Payloads are validated with the same per-model schemas as ``ai.run``; errors
-use OpenAI's JSON error shape with the matching status. Every answer carries ``x-request-id``.
-A client that disconnects mid-stream stops its generation.
+``POST /v1/chat/completions`` (whole or SSE ending ``data: [DONE]``), ``POST /v1/embeddings``,
+``/v1/rerank`` and ``/v1/score`` (the retrieval models), ``GET /v1/models`` and ``GET /health``.
+Payloads are validated with the same per-model schemas as ``ai.run``; errors use OpenAI's JSON
+error shape with the matching status. Every answer carries ``x-request-id``. A client that
+disconnects mid-stream stops its generation.
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ class ChatServer:
         return Starlette(
             routes=[
                 Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+                *self._retrieval_routes(),
                 Route("/v1/models", self.list_models, methods=["GET"]),
                 Route("/v1/models/{model_id:path}", self.get_model, methods=["GET"]),
                 Route("/health", self.health, methods=["GET"]),
@@ -299,6 +301,77 @@ class ChatServer:
             yield b"data: " + json.dumps(error).encode() + b"\n\n"
         finally:
             await stream.aclose()  # a disconnect cancels this generator: generation stops here
+
+    # -- retrieval: /v1/embeddings, /v1/rerank, /v1/score (vLLM's pooling endpoints) -------------
+
+    def _retrieval_routes(self) -> list[Any]:
+        from starlette.routing import Route
+
+        async def embeddings(request: Any) -> Any:
+            return await self._retrieval(request, "embeddings")
+
+        async def rerank(request: Any) -> Any:
+            return await self._retrieval(request, "rerank")
+
+        async def score(request: Any) -> Any:
+            return await self._retrieval(request, "score")
+
+        return [
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/rerank", rerank, methods=["POST"]),
+            Route("/v1/score", score, methods=["POST"]),
+        ]
+
+    async def _retrieval(self, request: Any, route: str) -> Any:
+        """One retrieval request: the same checks as a chat request's, then the route must fit
+        the model (embeddings for an embedding model; rerank and score for a reranker, each with
+        its own payload shape)."""
+        from starlette.responses import JSONResponse
+
+        from ._models import endpoint
+
+        denied = self._unauthorized(request)
+        if denied is not None:
+            return denied
+        raw = await self._read_body(request)
+        if not isinstance(raw, bytes):
+            return raw
+        try:
+            payload = json.loads(raw)
+        except ValueError as exc:
+            return _error(400, f"request body is not valid JSON: {exc}", type_="invalid_request_error")
+        except RecursionError:
+            return _error(400, "request body is nested too deeply", type_="invalid_request_error")
+        if not isinstance(payload, dict):
+            return _error(400, "request body must be a JSON object", type_="invalid_request_error")
+        model_id = payload.pop("model", None)
+        served = ", ".join(sorted(self.models))
+        if model_id is None and len(self.models) == 1:
+            model_id = next(iter(self.models))  # as vLLM: no model means the one served
+        elif model_id is None:
+            return _error(400, f"\"model\" is required: name one of the served models ({served})", type_="invalid_request_error", param="model", code="missing_required_parameter")
+        elif not isinstance(model_id, str):
+            return _error(400, f"\"model\" must be a string naming a served model ({served})", type_="invalid_request_error", param="model", code="invalid_type")
+        if model_id not in self.models:
+            return _error(404, f"model {model_id!r} is not served here; served: {served}", type_="not_found_error", param="model", code="model_not_found")
+        info = get_model(model_id)
+        if info.kind != ("embeddings" if route == "embeddings" else "rerank"):
+            return _error(400, f"model {model_id!r} ({info.kind}) does not answer /v1/{route}", type_="invalid_request_error", param="model")
+        if route != "embeddings" and endpoint(info, payload) != route:
+            shape = "{query, documents}" if route == "rerank" else "{text_1, text_2}"
+            return _error(400, f"/v1/{route} takes {shape}", type_="invalid_request_error")
+        state = self.states[model_id]
+        if not state.ready.is_set():
+            return _error(503, f"model {model_id!r} is still loading; retry shortly", type_="service_unavailable", code="model_loading")
+        if state.error is not None:
+            return _error(503, f"model {model_id!r} failed to load: {state.error}", type_="service_unavailable", code="model_load_failed")
+        try:
+            result = await self._run_until_disconnect(request, model_id, payload)
+        except BaseException as exc:
+            return self._exception_response(exc)
+        if result is None:
+            return _error(499, "client disconnected", type_="invalid_request_error")
+        return JSONResponse(result.model_dump(mode="json"))
 
     def _exception_response(self, exc: BaseException) -> Any:
         if isinstance(exc, ValidationError):
