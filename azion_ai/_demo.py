@@ -12,11 +12,11 @@ import base64
 import io
 import os
 import sys
-from typing import Any
+from typing import Any, cast
 
 from ._client import AI
 from ._exceptions import ValidationError
-from ._models import INTERNVL3_1B, QWEN25_VL_3B_AWQ
+from ._models import BGE_RERANKER_V2_M3, INTERNVL3_1B, QWEN3_EMBEDDING_4B, QWEN25_VL_3B_AWQ
 from ._streaming import Stream
 
 QUESTION: dict[str, Any] = {"role": "user", "content": "Name the european capitals"}
@@ -47,6 +47,33 @@ def _tour(ai: AI, label: str, image_url: str | None) -> None:
         _say(f"azion_ai.ValidationError: {exc}")
 
 
+PASSAGES = [
+    "Paris is the capital of France.",
+    "The weather in London is cloudy with light rain.",
+    "A cat sits on a red sofa next to a window.",
+    "Madrid is the capital of Spain and Rome of Italy.",
+]
+
+
+def _retrieval(ai: AI, label: str) -> None:
+    """A small retrieval round: embed the passages and the question, keep the nearest, rerank
+    them, answer from the best one."""
+    question = "What is the capital of France?"
+    _say(f"\n== {label}: retrieval, embed ({QWEN3_EMBEDDING_4B}) -> rerank ({BGE_RERANKER_V2_M3}) -> answer")
+    embedded = ai.run(QWEN3_EMBEDDING_4B, {"input": [question, *PASSAGES], "dimensions": 256})
+    vectors = [cast(list[float], item.embedding) for item in sorted(embedded.data, key=lambda d: d.index)]  # float encoding
+    query, passages = vectors[0], vectors[1:]
+    # the vectors are L2-normalised: their dot product is the cosine similarity
+    nearest = sorted(range(len(PASSAGES)), key=lambda i: -sum(a * b for a, b in zip(query, passages[i], strict=True)))[:3]
+    _say(f"embedded {len(vectors)} texts into {len(query)} dimensions ({embedded.usage.prompt_tokens if embedded.usage else 0} tokens); nearest passages: {nearest}")
+    ranked = ai.run(BGE_RERANKER_V2_M3, {"query": question, "documents": [PASSAGES[i] for i in nearest], "top_n": 2})
+    for result in ranked.results:
+        _say(f"  {result.relevance_score:.4f}  {result.document.text if result.document else ''}")
+    best = ranked.results[0].document.text if ranked.results[0].document else ""
+    answer = ai.run(QWEN25_VL_3B_AWQ, {"messages": [{"role": "system", "content": f"Answer from this passage: {best}"}, {"role": "user", "content": question}], "max_tokens": 16, "temperature": 0})
+    _say(f"answer: {answer.choices[0].message.content}")
+
+
 def _demo_image() -> str:
     from PIL import Image, ImageDraw
 
@@ -63,11 +90,15 @@ def main(cache_dir: str | None = None) -> int:
         _say(f"Calling Azion at {os.environ['AZION_AI_BASE_URL']}{with_token}.")
         with AI() as ai:
             _tour(ai, "remote", "https://upload.wikimedia.org/wikipedia/commons/4/47/PNG_transparency_demonstration_1.png")
+            _retrieval(ai, "remote")
         return 0
 
     models_dir = os.environ.get("AZION_AI_MODELS_DIR")
     if models_dir:
         models = {m: os.path.join(models_dir, m) for m in (QWEN25_VL_3B_AWQ, INTERNVL3_1B)}
+        for m in (QWEN3_EMBEDDING_4B, BGE_RERANKER_V2_M3):  # the retrieval round, when they are there
+            if os.path.isdir(os.path.join(models_dir, m)):
+                models[m] = os.path.join(models_dir, m)
         _say(f"Running the real weights from {models_dir}.")
     else:
         from ._local._tiny import default_cache_dir, ensure_tiny_checkpoints
@@ -80,8 +111,11 @@ def main(cache_dir: str | None = None) -> int:
         models = {k: str(v) for k, v in ensure_tiny_checkpoints(where).items()}
 
     image = _demo_image()
+    retrieval = QWEN3_EMBEDDING_4B in models and BGE_RERANKER_V2_M3 in models
     with AI(backend="local", models=models, device="auto") as ai:
         _tour(ai, "local backend", image)
+        if retrieval:
+            _retrieval(ai, "local backend")
 
     from ._server import BackgroundServer, ChatServer
 
@@ -92,6 +126,8 @@ def main(cache_dir: str | None = None) -> int:
         _say(f"\n== serving the same models at {running.base_url} (azion-ai serve), called with the remote transport")
         with AI(base_url=running.base_url, token="demo-key") as remote:
             _tour(remote, "served", image)
+            if retrieval:
+                _retrieval(remote, "served")
     return 0
 
 

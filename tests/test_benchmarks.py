@@ -74,3 +74,21 @@ def test_gpu_benchmark_writes_its_rows_as_it_goes(tiny_dirs, tiny_cache, tmp_pat
     assert all("compile=False" in r["options"] for r in data["rows"] if r["model"].startswith("opengvlab") and r["measure"].startswith(("load", "batch-1 decode via ai.run (", "2 concurrent")))
     table = [line for line in out.stdout.splitlines() if line.startswith("| ")]
     assert len(table) == len(data["rows"]) + 2 and (done / "gpu-results.md").read_text().count("\n| ") == len(data["rows"]) + 2
+
+
+@pytest.mark.local
+@pytest.mark.slow
+def test_retrieval_benchmark_smoke(tiny_dirs, tiny_cache):
+    require("sentence_transformers")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "retrieval.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "AZION_AI_CACHE": str(tiny_cache)},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| embeddings") or line.startswith("| rerank")]
+    assert len(rows) == 2
+    for row in rows:  # the two sides answered alike
+        assert float(row.rstrip(" |").rsplit("|", 1)[1]) < 1e-5
