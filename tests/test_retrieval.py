@@ -327,3 +327,21 @@ def test_cli_runs_both_models_locally(tiny_dirs):
     )
     assert ranked.returncode == 0, ranked.stderr
     assert len(ranked.stdout.strip().splitlines()) == 2
+
+
+@pytest.mark.gpu
+def test_retrieval_on_cuda_matches_cpu(tiny_dirs, local_ai):
+    """On CUDA (bf16) the tensors live on the GPU and the answers stay those of the CPU run, to
+    bf16's precision; the rerank keeps its order where the CPU scores are far enough apart."""
+    models = {EMBED_ID: str(tiny_dirs[EMBED_ID]), RERANK_ID: str(tiny_dirs[RERANK_ID])}
+    with AI(backend="local", models=models, device="cuda") as ai:
+        ai.transport.load(EMBED_ID)
+        engine = ai.transport._poolers[EMBED_ID]
+        assert next(engine.model.parameters()).is_cuda
+        on_gpu = vectors(ai.run(EMBED_ID, {"input": TEXTS, "dimensions": 256}))
+        on_cpu = vectors(local_ai.run(EMBED_ID, {"input": TEXTS, "dimensions": 256}))
+        assert (on_gpu * on_cpu).sum(axis=1).min() > 0.99  # cosine similarity
+        gpu_scores = {r.index: r.relevance_score for r in ai.run(RERANK_ID, {"query": QUERY, "documents": DOCUMENTS}).results}
+        cpu_scores = {r.index: r.relevance_score for r in local_ai.run(RERANK_ID, {"query": QUERY, "documents": DOCUMENTS}).results}
+        for i, score in cpu_scores.items():
+            assert gpu_scores[i] == pytest.approx(score, abs=2e-2)
