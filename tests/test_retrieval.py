@@ -249,8 +249,12 @@ def test_retrieval_models_refuse_lora_and_stream(local_ai):
         local_ai.run(EMBED_ID, {"input": "x", "stream": True}, validate=False)
 
 
-async def test_async_retrieval(tiny_dirs):
+async def test_async_retrieval_loads_models_at_once_safely(tiny_dirs):
+    """Two models' first requests at once load them on two threads; a model loaded afterwards (a
+    tied-weights chat model) must still load whole (transformers' loading is not thread-safe)."""
     import asyncio
+
+    from conftest import QWEN_ID
 
     models = {EMBED_ID: str(tiny_dirs[EMBED_ID]), RERANK_ID: str(tiny_dirs[RERANK_ID])}
     async with azion_ai.AsyncAI(backend="local", models=models, device="cpu") as aai:
@@ -258,6 +262,9 @@ async def test_async_retrieval(tiny_dirs):
             aai.run(EMBED_ID, {"input": TEXTS[:2]}), aai.run(RERANK_ID, {"query": QUERY, "documents": DOCUMENTS})
         )
     assert len(embedded.data) == 2 and len(ranked.results) == len(DOCUMENTS)
+    with AI(backend="local", models={QWEN_ID: str(tiny_dirs[QWEN_ID])}, device="cpu") as ai:
+        chat = ai.run(QWEN_ID, {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 2, "temperature": 0})
+    assert chat.usage.completion_tokens == 2
 
 
 # -- serve and the command line ---------------------------------------------------------------

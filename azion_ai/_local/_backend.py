@@ -66,6 +66,10 @@ from ._response import one_choice_each
 log = logging.getLogger("azion_ai")
 progress = logging.getLogger("azion_ai.progress")  # loading, compiling, warming up: shown by `azion-ai serve`
 EngineT = TypeVar("EngineT", Engine, PoolingEngine)
+# One model loads at a time in a process: transformers' from_pretrained patches module-level
+# state while it builds a model, so two loads on two threads (two models' first requests at once)
+# can leave the next model's weights untied.
+_LOADING = threading.Lock()
 
 ENV_MODELS_DIR = "AZION_AI_MODELS_DIR"
 # Parameters that change an answer and that the local backend does not implement: refused with a
@@ -265,7 +269,8 @@ class LocalTransport(BaseTransport, AsyncBaseTransport):
                     engine.stop()
                 engine = None
             if engine is None:
-                engine = start(model)
+                with _LOADING:
+                    engine = start(model)
                 engines[model.id] = engine
         return engine
 
