@@ -39,16 +39,16 @@ DOCUMENTS = [
 
 @pytest.fixture(scope="module")
 def st_embedder(tiny_dirs):
-    from sentence_transformers import SentenceTransformer
+    from conftest import require
 
-    return SentenceTransformer(str(tiny_dirs[EMBED_ID]), device="cpu")
+    return require("sentence_transformers").SentenceTransformer(str(tiny_dirs[EMBED_ID]), device="cpu")
 
 
 @pytest.fixture(scope="module")
 def cross_encoder(tiny_dirs):
-    from sentence_transformers import CrossEncoder
+    from conftest import require
 
-    return CrossEncoder(str(tiny_dirs[RERANK_ID]), device="cpu")
+    return require("sentence_transformers").CrossEncoder(str(tiny_dirs[RERANK_ID]), device="cpu")
 
 
 def vectors(response: EmbeddingResponse) -> np.ndarray:
