@@ -41,6 +41,10 @@ log = logging.getLogger("azion_ai")
 # vLLM's accepted LoRA ranks (its MaxLoRARanks): the engine is sized for the largest adapter.
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 _START_TIMEOUT = 600.0
+_DEAD_ENGINE_POLL = 0.5
+"""Seconds between a request's checks that vLLM's engine still runs. vLLM fails the requests it
+knows of when its engine process dies, but one added while the death is being noticed is never
+answered: without the check it would wait forever."""
 CPU_KV_CACHE_BYTES = 2 << 30  # vLLM CPU's KV cache unless engine_options or VLLM_CPU_KVCACHE_SPACE say otherwise
 
 
@@ -139,20 +143,18 @@ def _check_device(device: str) -> None:
         raise ModelLoadError(f"device={device!r} was asked for, but this vLLM build runs on {have!r}; use device={have!r} or 'auto'")
 
 
-class VLLMEngine:
-    """vLLM's AsyncLLM for one model, on an event loop thread of its own."""
+class AsyncLLMHost:
+    """vLLM's AsyncLLM for one model on an event-loop thread of its own: started once, fed jobs
+    from callers' threads, stopped once. A job whose engine dies while it waits is failed with
+    the SDK's error; the backend starts a new engine on the next request (``alive``)."""
 
     name = "vllm"
 
-    def __init__(self, checkpoint: Checkpoint, settings: VLLMSettings) -> None:
-        import_vllm()
-        _check_device(settings.device)
-        self._checkpoint = checkpoint
-        self.settings = settings
-        self.arguments = engine_arguments(checkpoint, settings)
-        self._lora_ids = {name: i + 1 for i, name in enumerate(sorted(settings.lora_adapters))}
+    def __init__(self, model_id: str, path: Path, arguments: dict[str, Any]) -> None:
+        self._model_id = model_id
+        self.arguments = arguments
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"azion-ai-vllm-{checkpoint.model_id}", daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"azion-ai-vllm-{model_id}", daemon=True)
         self._thread.start()
         self._running: set[concurrent.futures.Future[None]] = set()
         self._running_lock = threading.Lock()  # callers' threads add, the loop's thread discards
@@ -165,12 +167,7 @@ class VLLMEngine:
                 raise
             lines = [line.strip() for line in str(exc).splitlines() if line.strip() and "errors.pydantic.dev" not in line]
             reason = "; ".join(lines)[:500] or type(exc).__name__
-            raise ModelLoadError(f"vLLM could not start {checkpoint.model_id!r} from {str(checkpoint.path)!r}: {reason}") from exc
-        model_config = self._engine.model_config
-        self.max_model_len = int(model_config.max_model_len)
-        self.quantization: str | None = model_config.quantization
-        """The quantization vLLM runs (e.g. "awq", "awq_marlin"), None for full precision."""
-        log.info("vLLM engine for %s: %s, max_model_len %d", checkpoint.model_id, self.quantization or "unquantized", self.max_model_len)
+            raise ModelLoadError(f"vLLM could not start {model_id!r} from {str(path)!r}: {reason}") from exc
 
     async def _start(self) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -179,16 +176,12 @@ class VLLMEngine:
         return AsyncLLM.from_engine_args(AsyncEngineArgs(**self.arguments))
 
     @property
-    def checkpoint(self) -> Checkpoint:
-        return self._checkpoint
-
-    @property
     def alive(self) -> bool:
         return not self._stopped and not self._engine.errored
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Any) -> None:
         if self._stopped:
-            raise LocalBackendError(f"the vLLM engine for {self._checkpoint.model_id!r} has stopped (backend closed?)")
+            raise LocalBackendError(f"the vLLM engine for {self._model_id!r} has stopped (backend closed?)")
         future = asyncio.run_coroutine_threadsafe(self._run(job), self._loop)
         with self._running_lock:
             self._running.add(future)
@@ -215,7 +208,7 @@ class VLLMEngine:
         try:
             asyncio.run_coroutine_threadsafe(shut(), self._loop).result(60)
         except (concurrent.futures.TimeoutError, RuntimeError) as exc:  # pragma: no cover
-            log.warning("vLLM engine for %s did not shut down cleanly: %s", self._checkpoint.model_id, exc)
+            log.warning("vLLM engine for %s did not shut down cleanly: %s", self._model_id, exc)
         self._end_loop()
 
     def _end_loop(self) -> None:
@@ -223,6 +216,67 @@ class VLLMEngine:
         self._thread.join(timeout=30)
         if not self._thread.is_alive():
             self._loop.close()
+
+    async def _run(self, job: Any) -> None:
+        if job.cancelled.is_set():
+            job.emit(Failed(LocalBackendError("request was cancelled before it started")))
+            return
+        dead = asyncio.Event()
+        task = asyncio.current_task()
+        assert task is not None
+        watchdog = asyncio.ensure_future(self._cancel_when_dead(task, dead))
+        try:
+            await self._serve(job)
+        except asyncio.CancelledError:
+            if dead.is_set():  # the engine died while this job waited for it
+                job.emit(Failed(self.dead_error("EngineDeadError")))
+            else:  # the caller stopped listening; vLLM has aborted the request
+                job.emit(Failed(LocalBackendError("request was cancelled")))
+        except Exception as exc:  # noqa: BLE001 - every failure goes to the caller
+            from vllm.v1.engine.exceptions import EngineDeadError
+
+            dead_now = isinstance(exc, EngineDeadError) or self._engine.errored
+            job.emit(Failed(self.dead_error(type(exc).__name__) if dead_now else self._error(exc, job)))
+        finally:
+            watchdog.cancel()
+
+    async def _cancel_when_dead(self, task: asyncio.Task[Any], dead: asyncio.Event) -> None:
+        while not self._engine.errored:
+            await asyncio.sleep(_DEAD_ENGINE_POLL)
+        dead.set()
+        task.cancel()
+
+    def dead_error(self, cause: str) -> LocalBackendError:
+        return LocalBackendError(f"the vLLM engine for {self._model_id!r} stopped ({cause}); the next request starts a new one")
+
+    async def _serve(self, job: Any) -> None:
+        """Runs one job to its ``Done`` event; errors are raised (``_run`` turns them into ``Failed``)."""
+        raise NotImplementedError
+
+    def _error(self, exc: Exception, job: Any) -> BaseException:
+        """A request's error as the caller sees it (the engine is alive)."""
+        return exc
+
+
+class VLLMEngine(AsyncLLMHost):
+    """The chat models' engine: ``AsyncLLM.generate``, its outputs shaped by our response builder."""
+
+    def __init__(self, checkpoint: Checkpoint, settings: VLLMSettings) -> None:
+        import_vllm()
+        _check_device(settings.device)
+        self._checkpoint = checkpoint
+        self.settings = settings
+        self._lora_ids = {name: i + 1 for i, name in enumerate(sorted(settings.lora_adapters))}
+        super().__init__(checkpoint.model_id, checkpoint.path, engine_arguments(checkpoint, settings))
+        model_config = self._engine.model_config
+        self.max_model_len = int(model_config.max_model_len)
+        self.quantization: str | None = model_config.quantization
+        """The quantization vLLM runs (e.g. "awq", "awq_marlin"), None for full precision."""
+        log.info("vLLM engine for %s: %s, max_model_len %d", checkpoint.model_id, self.quantization or "unquantized", self.max_model_len)
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return self._checkpoint
 
     # -- one request ---------------------------------------------------------------------------
 
@@ -275,56 +329,42 @@ class VLLMEngine:
             raise LocalBackendError(f"LoRA adapter {name!r} was not configured when the engine started")
         return LoRARequest(name, self._lora_ids[name], str(directory))
 
-    async def _run(self, job: Job) -> None:
+    async def _serve(self, job: Job) -> None:
         request = job.request
         builder: ResponseBuilder | None = None
+        outputs = self._engine.generate(self._prompt(request), self.sampling_params(request), f"azion-{uuid.uuid4().hex}", lora_request=self._lora(request))
         try:
-            if job.cancelled.is_set():
-                job.emit(Failed(LocalBackendError("request was cancelled before it started")))
-                return
-            outputs = self._engine.generate(
-                self._prompt(request), self.sampling_params(request), f"azion-{uuid.uuid4().hex}", lora_request=self._lora(request)
-            )
-            try:
-                async for out in outputs:
-                    if builder is None:
-                        prompt_len = len(out.prompt_token_ids or ())
-                        budget = dataclasses.replace(request, max_model_len=min(request.max_model_len, self.max_model_len)).budget(prompt_len)
-                        builder = ResponseBuilder.for_request(self._checkpoint, request, budget, prompt_len)
-                        job.emit(Started(prompt_len))
-                        if request.stream:
-                            job.emit(Chunk(builder.first_chunk()))
-                    for output in out.outputs:
-                        logprobs = output.logprobs
-                        for k, token in enumerate(output.token_ids):
-                            top = _token_logprob(token, logprobs[k], request.params.logprobs or 0) if logprobs else None
-                            entry = builder.add(output.index, int(token), top)
-                            if entry is not None and request.stream:
-                                job.emit(Chunk(builder.chunk([entry])))
-            finally:
-                await outputs.aclose()  # a request left early (an error here) is aborted in vLLM
-            if builder is None:
-                raise LocalBackendError("vLLM ended the request without any output")
-            for chunk in builder.finish():
-                if request.stream:
-                    job.emit(Chunk(chunk))
-            job.emit(Done(builder.completion()))
-        except asyncio.CancelledError:  # the caller stopped listening; vLLM has aborted the request
-            job.emit(Failed(LocalBackendError("request was cancelled")))
-        except Exception as exc:  # noqa: BLE001 - every failure goes to the caller
-            job.emit(Failed(self._error(exc, request)))
+            async for out in outputs:
+                if builder is None:
+                    prompt_len = len(out.prompt_token_ids or ())
+                    budget = dataclasses.replace(request, max_model_len=min(request.max_model_len, self.max_model_len)).budget(prompt_len)
+                    builder = ResponseBuilder.for_request(self._checkpoint, request, budget, prompt_len)
+                    job.emit(Started(prompt_len))
+                    if request.stream:
+                        job.emit(Chunk(builder.first_chunk()))
+                for output in out.outputs:
+                    logprobs = output.logprobs
+                    for k, token in enumerate(output.token_ids):
+                        top = _token_logprob(token, logprobs[k], request.params.logprobs or 0) if logprobs else None
+                        entry = builder.add(output.index, int(token), top)
+                        if entry is not None and request.stream:
+                            job.emit(Chunk(builder.chunk([entry])))
+        finally:
+            await outputs.aclose()  # a request left early (an error here) is aborted in vLLM
+        if builder is None:
+            raise LocalBackendError("vLLM ended the request without any output")
+        for chunk in builder.finish():
+            if request.stream:
+                job.emit(Chunk(chunk))
+        job.emit(Done(builder.completion()))
 
-    def _error(self, exc: Exception, request: PreparedRequest) -> BaseException:
+    def _error(self, exc: Exception, job: Any) -> BaseException:
         """vLLM's request errors as ours: a prompt over the context or a rejected parameter is a
         ValidationError (as vLLM's server answers 400); the rest pass to the backend's mapping."""
         from vllm.exceptions import VLLMValidationError
-        from vllm.v1.engine.exceptions import EngineDeadError
 
+        request = job.request
         message = str(exc).strip()
-        if isinstance(exc, EngineDeadError) or self._engine.errored:
-            return LocalBackendError(
-                f"the vLLM engine for {request.model.id!r} stopped ({type(exc).__name__}); the next request starts a new one"
-            )
         if "longer than the maximum model length" in message:
             return prompt_too_long(request.model.id, None, self.max_model_len)
         if isinstance(exc, VLLMValidationError):

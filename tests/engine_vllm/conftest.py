@@ -8,9 +8,12 @@ then loaded here by vLLM through ``AI(backend="local", engine="vllm")``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,3 +69,32 @@ def engine_ai(model_id: str, model_dir: Path, **options):
 
     engine_options = {**CPU_OPTIONS, **options.pop("engine_options", {})}
     return AI(backend="local", engine="vllm", models={model_id: str(model_dir)}, device="cpu", max_model_len=MAX_MODEL_LEN, engine_options=engine_options, **options)
+
+
+@contextlib.contextmanager
+def engine_cores_started() -> Iterator[list[int]]:
+    """The pids of vLLM engine processes this process starts inside the block (not those of other
+    engines or of a reference server started earlier)."""
+    import psutil
+
+    def cores() -> set[int]:
+        found = set()
+        for process in psutil.Process().children(recursive=True):
+            try:
+                if "EngineCore" in " ".join([*process.cmdline(), process.name()]):
+                    found.add(process.pid)
+            except psutil.Error:  # gone, or a zombie left by an earlier test's server
+                continue
+        return found
+
+    before = cores()
+    started: list[int] = []
+    yield started
+    started.extend(sorted(cores() - before))
+    assert started, "no vLLM engine process was started"
+
+
+def kill(pids: list[int]) -> None:
+    """SIGKILL, as the OOM killer sends."""
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
