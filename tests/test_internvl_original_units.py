@@ -83,8 +83,9 @@ def test_unknown_names_have_no_place(name):
 
 
 def test_an_unknown_native_name_has_no_original():
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError) as raised:
         original_name("model.something_else.weight")
+    assert raised.value.args == ("model.something_else.weight",)  # the error names the tensor
 
 
 # InternVL3-1B's config.json as published (../shared/REFERENCE.md), trimmed to what the mapping reads
