@@ -364,3 +364,96 @@ def test_the_conversion_cache_lives_where_the_environment_says(monkeypatch, tmp_
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_cache_root() == Path(tmp_path / "home") / ".cache" / "azion_ai" / "converted"
+
+
+def test_convert_writes_each_side_file_in_full(original, tmp_path):
+    import os as _os
+
+    from azion_ai._local._internvl_original import convert
+
+    key = cache_key(original)
+    stale_tmp = tmp_path / f"internvl-{key}.tmp{_os.getpid()}"  # a crashed earlier run of this process id
+    stale_tmp.mkdir()
+    (stale_tmp / "junk").write_text("x")
+    half = tmp_path / f"internvl-{key}"  # a half-written cache entry (no .complete): replaced
+    half.mkdir()
+    (half / "junk").write_text("x")
+    out = convert(original, tmp_path)
+    assert out == half and not (out / "junk").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"internvl-{key}"]  # no .tmp left behind
+    tile = json.loads((original / "config.json").read_text())["force_image_size"]
+    # the -hf repositories' preprocessor_config.json (GotOcr2 fast processor, ImageNet statistics)
+    assert json.loads((out / "preprocessor_config.json").read_text(encoding="utf-8")) == {
+        "image_processor_type": "GotOcr2ImageProcessorFast", "processor_class": "InternVLProcessor",
+        "crop_to_patches": True, "min_patches": 1, "max_patches": 12, "size": {"height": tile, "width": tile},
+        "do_resize": True, "do_rescale": True, "do_normalize": True, "do_convert_rgb": True,
+        "rescale_factor": 1 / 255, "resample": 3, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+    }
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert json.loads((out / "processor_config.json").read_text(encoding="utf-8")) == {"image_seq_length": config["image_seq_length"], "processor_class": "InternVLProcessor"}
+    assert (out / "SOURCE").read_text(encoding="utf-8") == f"converted by azion_ai from {original}\n"
+    assert (out / ".complete").read_text() == "1"
+    written = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    source = json.loads((original / "tokenizer_config.json").read_text(encoding="utf-8"))
+    source.pop("auto_map", None)
+    assert written == {**source, "start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}
+    for name in ("tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json", "special_tokens_map.json"):
+        if (original / name).is_file():
+            assert (out / name).read_bytes() == (original / name).read_bytes(), name
+
+
+def test_convert_errors_name_the_file_and_leave_nothing_behind(original, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from azion_ai._local._internvl_original import convert
+
+    def error(src):
+        cache = tmp_path / "cache"
+        with pytest.raises(azion_ai.ModelLoadError) as caught:
+            convert(src, cache)
+        assert not cache.exists() or list(cache.iterdir()) == []  # no .tmp directory, no entry
+        return str(caught.value)
+
+    no_tokenizer = _copy(original, tmp_path / "notok")
+    (no_tokenizer / "tokenizer.json").unlink()
+    (no_tokenizer / "vocab.json").unlink(missing_ok=True)
+    assert error(no_tokenizer) == f"{str(no_tokenizer)!r} has no tokenizer (tokenizer_config.json with tokenizer.json or vocab.json + merges.txt)"
+
+    no_config = _copy(original, tmp_path / "noconf")
+    (no_config / "tokenizer_config.json").unlink()
+    assert "has no tokenizer" in error(no_config)
+
+    missing = _copy(original, tmp_path / "missing")
+    tensors = load_file(str(missing / "model.safetensors"))
+    dropped = [n for n in tensors if n.startswith("language_model.model.layers.0.")]
+    for n in dropped:
+        del tensors[n]
+    save_file(tensors, str(missing / "model.safetensors"))
+    message = error(missing)
+    assert message.startswith(f"{str(missing)!r}: the weights lack ") and message.endswith(" and 4 more")  # a Qwen2 layer's 9 weights: 5 named
+
+    qkv = _copy(original, tmp_path / "qkv")
+    tensors = load_file(str(qkv / "model.safetensors"))
+    fused = tensors["vision_model.encoder.layers.0.attn.qkv.weight"]
+    tensors["vision_model.encoder.layers.0.attn.qkv.weight"] = fused[:-3].contiguous()
+    save_file(tensors, str(qkv / "model.safetensors"))
+    hidden = json.loads((original / "config.json").read_text())["vision_config"]["hidden_size"]
+    assert error(qkv) == f"{qkv / 'model.safetensors'}: tensor 'vision_model.encoder.layers.0.attn.qkv.weight' has shape {(3 * hidden - 3, fused.shape[1])}; a fused qkv needs {3 * hidden} rows"
+
+    embed = _copy(original, tmp_path / "embed")
+    config = json.loads((embed / "config.json").read_text())
+    config["llm_config"]["vocab_size"] += 1
+    (embed / "config.json").write_text(json.dumps(config))
+    shape = tuple(load_file(str(embed / "model.safetensors"))["language_model.model.embed_tokens.weight"].shape)
+    assert error(embed) == f"{embed / 'model.safetensors'}: embed_tokens has shape {shape}, config.json says {(config['llm_config']['vocab_size'], config['llm_config']['hidden_size'])}"
+
+    lacks = _copy(original, tmp_path / "lacks")  # a tokenizer without <|im_end|> (the end of a turn)
+    tokenizer_config = json.loads((lacks / "tokenizer_config.json").read_text())
+    tokenizer_config["eos_token"] = "<|endoftext|>"
+    tokenizer_config["extra_special_tokens"] = [t for t in tokenizer_config.get("extra_special_tokens", []) if t != "<|im_end|>"]
+    tokenizer = json.loads((lacks / "tokenizer.json").read_text())
+    tokenizer["added_tokens"] = [t for t in tokenizer["added_tokens"] if t["content"] != "<|im_end|>"]
+    tokenizer["model"]["vocab"].pop("<|im_end|>", None)
+    (lacks / "tokenizer.json").write_text(json.dumps(tokenizer))
+    (lacks / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    assert error(lacks) == f"{lacks / 'tokenizer_config.json'}: the tokenizer lacks <|im_end|>"
