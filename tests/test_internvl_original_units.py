@@ -20,6 +20,16 @@ from azion_ai._local._internvl_original import (
     original_name,
 )
 
+
+@pytest.fixture(autouse=True)
+def _fresh_name_tables():
+    """The name tables are compiled once per process (functools.cache); each test compiles them
+    anew, so a test sees the _pattern it runs with (mutation testing switches it per mutant)."""
+    from azion_ai._local._internvl_original import _tables
+
+    _tables.cache_clear()
+
+
 # how the -hf checkpoint files name what transformers calls model.vision_tower... (transformers'
 # key mapping for this layout: ^vision_tower -> model.vision_tower, and so on)
 FILE_PREFIXES = [
