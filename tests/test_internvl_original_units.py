@@ -460,6 +460,7 @@ def test_convert_errors_name_the_file_and_leave_nothing_behind(original, tmp_pat
     lacks = _copy(original, tmp_path / "lacks")  # a tokenizer without <|im_end|> (the end of a turn)
     tokenizer_config = json.loads((lacks / "tokenizer_config.json").read_text())
     tokenizer_config["eos_token"] = "<|endoftext|>"
+    tokenizer_config["unk_token"] = "<|endoftext|>"  # a missing token then looks up as the unknown token's id
     tokenizer_config["extra_special_tokens"] = [t for t in tokenizer_config.get("extra_special_tokens", []) if t != "<|im_end|>"]
     tokenizer = json.loads((lacks / "tokenizer.json").read_text())
     tokenizer["added_tokens"] = [t for t in tokenizer["added_tokens"] if t["content"] != "<|im_end|>"]
@@ -467,3 +468,34 @@ def test_convert_errors_name_the_file_and_leave_nothing_behind(original, tmp_pat
     (lacks / "tokenizer.json").write_text(json.dumps(tokenizer))
     (lacks / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     assert error(lacks) == f"{lacks / 'tokenizer_config.json'}: the tokenizer lacks <|im_end|>"
+
+
+def test_convert_reads_a_vocab_json_tokenizer_and_drops_auto_map(original, tmp_path):
+    from azion_ai._local._internvl_original import convert
+
+    src = _copy(original, tmp_path / "slow")  # vocab.json + merges.txt instead of tokenizer.json
+    tokenizer = json.loads((src / "tokenizer.json").read_text())
+    vocab = {**tokenizer["model"]["vocab"], **{t["content"]: t["id"] for t in tokenizer["added_tokens"]}}
+    (src / "vocab.json").write_text(json.dumps(vocab))
+    (src / "merges.txt").write_text("#version: 0.2\n" + "".join(" ".join(m) + "\n" for m in tokenizer["model"]["merges"]))
+    (src / "tokenizer.json").unlink()
+    tokenizer_config = json.loads((src / "tokenizer_config.json").read_text())
+    tokenizer_config["auto_map"] = {"AutoTokenizer": ["tokenization_internvl.Tokenizer", None]}  # remote code: dropped
+    (src / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    out = convert(src, tmp_path / "cache")
+    assert (out / "vocab.json").read_bytes() == (src / "vocab.json").read_bytes()
+    assert (out / "merges.txt").read_bytes() == (src / "merges.txt").read_bytes()
+    assert "auto_map" not in json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+
+
+def test_convert_names_config_json_when_its_config_cannot_be_mapped(original, tmp_path):
+    from azion_ai._local._internvl_original import convert
+
+    src = _copy(original, tmp_path / "v1")
+    config = json.loads((src / "config.json").read_text())
+    config["ps_version"] = "v1"
+    (src / "config.json").write_text(json.dumps(config))
+    with pytest.raises(azion_ai.ModelLoadError) as caught:
+        convert(src, tmp_path / "cache")
+    assert str(caught.value) == f"{src / 'config.json'}: ps_version is 'v1'; only 'v2' can be mapped to transformers' InternVL"
+    assert list((tmp_path / "cache").iterdir()) == []
