@@ -251,6 +251,10 @@ def test_convert_writes_the_native_layout_as_published(tiny_dirs, original, tmp_
     assert (pre["image_mean"], pre["image_std"]) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # ImageNet's
     assert json.loads((out / "processor_config.json").read_text())["image_seq_length"] == config["image_seq_length"]
     assert (out / ".complete").is_file() and not list(tmp_path.glob("*.tmp*"))
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), framework="pt") as handle:
+        assert handle.metadata() == {"format": "pt"}  # what transformers writes; its loader refuses formats other than pt/tf/flax/mlx
     assert (out / "generation_config.json").read_bytes() == (original / "generation_config.json").read_bytes()
     stamp = (out / "model.safetensors").stat().st_mtime_ns
     assert convert(original, tmp_path) == out and (out / "model.safetensors").stat().st_mtime_ns == stamp  # reused
@@ -278,7 +282,18 @@ def test_convert_names_what_is_wrong(original, tmp_path):
     tensors = load_file(str(missing / "model.safetensors"))
     del tensors["vision_model.encoder.layers.1.ls2"], tensors["mlp1.1.weight"]
     save_file(tensors, str(missing / "model.safetensors"))
-    assert "the weights lack vision_model.encoder.layers.1.ls2, mlp1.1.weight" in error(missing)
+    assert error(missing) == f"{str(missing)!r}: the weights lack vision_model.encoder.layers.1.ls2, mlp1.1.weight"
+
+    # up to five missing tensors are all named; past five, the first five and a count
+    layer = "language_model.model.layers.0."
+    leaves = ["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight"]
+    for count, suffix in ((5, ""), (6, " and 1 more")):
+        few = _copy(original, tmp_path / f"missing{count}")
+        tensors = load_file(str(few / "model.safetensors"))
+        for leaf in leaves[:count]:
+            del tensors[layer + leaf]
+        save_file(tensors, str(few / "model.safetensors"))
+        assert error(few) == f"{str(few)!r}: the weights lack " + ", ".join(layer + leaf for leaf in leaves[:5]) + suffix
 
     unknown = _copy(original, tmp_path / "unknown")
     tensors = load_file(str(unknown / "model.safetensors"))
