@@ -514,3 +514,31 @@ def test_convert_names_config_json_when_its_config_cannot_be_mapped(original, tm
         convert(src, tmp_path / "cache")
     assert str(caught.value) == f"{src / 'config.json'}: ps_version is 'v1'; only 'v2' can be mapped to transformers' InternVL"
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_the_tiling_settings_reach_the_image_processor(original, tmp_path):
+    from azion_ai._local._internvl_original import convert
+
+    for name, settings, expected in (
+        ("set", {"dynamic_image_size": False, "min_dynamic_patch": 2, "max_dynamic_patch": 6}, (False, 2, 6)),
+        ("silent", {}, (True, 1, 12)),  # InternVL's defaults when config.json says nothing
+    ):
+        src = _copy(original, tmp_path / name)
+        config = json.loads((src / "config.json").read_text())
+        for key in ("dynamic_image_size", "min_dynamic_patch", "max_dynamic_patch"):
+            config.pop(key, None)
+        (src / "config.json").write_text(json.dumps({**config, **settings}))
+        pre = json.loads((convert(src, tmp_path / "cache") / "preprocessor_config.json").read_text())
+        assert (pre["crop_to_patches"], pre["min_patches"], pre["max_patches"]) == expected
+
+
+def test_weight_file_errors_name_the_directory(tmp_path):
+    with pytest.raises(azion_ai.ModelLoadError) as caught:
+        _weight_files(tmp_path)
+    assert str(caught.value) == f"{str(tmp_path)!r} has no safetensors weights (model.safetensors or its index)"
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00001-of-00001.safetensors"}}))
+    with pytest.raises(azion_ai.ModelLoadError) as caught:
+        _weight_files(tmp_path)
+    assert str(caught.value) == f"{str(tmp_path)!r} is incomplete: missing weight shard(s) model-00001-of-00001.safetensors"
+    (tmp_path / "model.safetensors.index.json").write_text("{}")  # an index that maps nothing: no shards
+    assert _weight_files(tmp_path) == []
