@@ -542,3 +542,27 @@ def test_weight_file_errors_name_the_directory(tmp_path):
     assert str(caught.value) == f"{str(tmp_path)!r} is incomplete: missing weight shard(s) model-00001-of-00001.safetensors"
     (tmp_path / "model.safetensors.index.json").write_text("{}")  # an index that maps nothing: no shards
     assert _weight_files(tmp_path) == []
+
+
+@pytest.mark.parametrize(("key", "value", "wanted"), [("use_backbone_lora", 8, "0"), ("use_llm_lora", 16, "0"), ("use_thumbnail", False, "True")])
+def test_each_unmappable_switch_is_named_exactly(tmp_path, key, value, wanted):
+    where = tmp_path / "config.json"
+    with pytest.raises(azion_ai.ModelLoadError) as caught:
+        native_config({**MINIMAL, key: value}, where, 7, 8)
+    assert str(caught.value) == f"{where}: {key} is {value!r}; only {wanted} can be mapped to transformers' InternVL"
+
+
+def test_the_cache_key_hashes_the_content_of_files_under_8_mib_only(tmp_path):
+    def key_after_rewrite(name, size):
+        path = tmp_path / name
+        path.write_bytes(b"a" * size)
+        before = cache_key(tmp_path)
+        stamp = path.stat()
+        path.write_bytes(b"b" * size)  # same size and modification time, other bytes
+        os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+        return before != cache_key(tmp_path)
+
+    assert key_after_rewrite("small.json", 100)  # read
+    assert key_after_rewrite("under.bin", 8 * 1024 * 1024 - 1)  # read
+    (tmp_path / "under.bin").unlink()
+    assert not key_after_rewrite("weights.bin", 8 * 1024 * 1024)  # 8 MiB: names, sizes and times only
