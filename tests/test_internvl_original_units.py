@@ -20,6 +20,16 @@ from azion_ai._local._internvl_original import (
     original_name,
 )
 
+
+@pytest.fixture(autouse=True)
+def _fresh_name_tables():
+    """The name tables are compiled once per process (functools.cache); each test compiles them
+    anew, so a test sees the _pattern it runs with (mutation testing switches it per mutant)."""
+    from azion_ai._local._internvl_original import _tables
+
+    _tables.cache_clear()
+
+
 # how the -hf checkpoint files name what transformers calls model.vision_tower... (transformers'
 # key mapping for this layout: ^vision_tower -> model.vision_tower, and so on)
 FILE_PREFIXES = [
@@ -83,8 +93,9 @@ def test_unknown_names_have_no_place(name):
 
 
 def test_an_unknown_native_name_has_no_original():
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError) as raised:
         original_name("model.something_else.weight")
+    assert raised.value.args == ("model.something_else.weight",)  # the error names the tensor
 
 
 # InternVL3-1B's config.json as published (../shared/REFERENCE.md), trimmed to what the mapping reads
@@ -240,6 +251,10 @@ def test_convert_writes_the_native_layout_as_published(tiny_dirs, original, tmp_
     assert (pre["image_mean"], pre["image_std"]) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])  # ImageNet's
     assert json.loads((out / "processor_config.json").read_text())["image_seq_length"] == config["image_seq_length"]
     assert (out / ".complete").is_file() and not list(tmp_path.glob("*.tmp*"))
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), framework="pt") as handle:
+        assert handle.metadata() == {"format": "pt"}  # what transformers writes; its loader refuses formats other than pt/tf/flax/mlx
     assert (out / "generation_config.json").read_bytes() == (original / "generation_config.json").read_bytes()
     stamp = (out / "model.safetensors").stat().st_mtime_ns
     assert convert(original, tmp_path) == out and (out / "model.safetensors").stat().st_mtime_ns == stamp  # reused
@@ -267,7 +282,18 @@ def test_convert_names_what_is_wrong(original, tmp_path):
     tensors = load_file(str(missing / "model.safetensors"))
     del tensors["vision_model.encoder.layers.1.ls2"], tensors["mlp1.1.weight"]
     save_file(tensors, str(missing / "model.safetensors"))
-    assert "the weights lack vision_model.encoder.layers.1.ls2, mlp1.1.weight" in error(missing)
+    assert error(missing) == f"{str(missing)!r}: the weights lack vision_model.encoder.layers.1.ls2, mlp1.1.weight"
+
+    # up to five missing tensors are all named; past five, the first five and a count
+    layer = "language_model.model.layers.0."
+    leaves = ["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight"]
+    for count, suffix in ((5, ""), (6, " and 1 more")):
+        few = _copy(original, tmp_path / f"missing{count}")
+        tensors = load_file(str(few / "model.safetensors"))
+        for leaf in leaves[:count]:
+            del tensors[layer + leaf]
+        save_file(tensors, str(few / "model.safetensors"))
+        assert error(few) == f"{str(few)!r}: the weights lack " + ", ".join(layer + leaf for leaf in leaves[:5]) + suffix
 
     unknown = _copy(original, tmp_path / "unknown")
     tensors = load_file(str(unknown / "model.safetensors"))
@@ -363,3 +389,180 @@ def test_the_conversion_cache_lives_where_the_environment_says(monkeypatch, tmp_
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_cache_root() == Path(tmp_path / "home") / ".cache" / "azion_ai" / "converted"
+
+
+def test_convert_writes_each_side_file_in_full(original, tmp_path):
+    import os as _os
+
+    from azion_ai._local._internvl_original import convert
+
+    key = cache_key(original)
+    stale_tmp = tmp_path / f"internvl-{key}.tmp{_os.getpid()}"  # a crashed earlier run of this process id
+    stale_tmp.mkdir()
+    (stale_tmp / "junk").write_text("x")
+    half = tmp_path / f"internvl-{key}"  # a half-written cache entry (no .complete): replaced
+    half.mkdir()
+    (half / "junk").write_text("x")
+    out = convert(original, tmp_path)
+    assert out == half and not (out / "junk").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"internvl-{key}"]  # no .tmp left behind
+    tile = json.loads((original / "config.json").read_text())["force_image_size"]
+    # the -hf repositories' preprocessor_config.json (GotOcr2 fast processor, ImageNet statistics)
+    assert json.loads((out / "preprocessor_config.json").read_text(encoding="utf-8")) == {
+        "image_processor_type": "GotOcr2ImageProcessorFast", "processor_class": "InternVLProcessor",
+        "crop_to_patches": True, "min_patches": 1, "max_patches": 12, "size": {"height": tile, "width": tile},
+        "do_resize": True, "do_rescale": True, "do_normalize": True, "do_convert_rgb": True,
+        "rescale_factor": 1 / 255, "resample": 3, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+    }
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert json.loads((out / "processor_config.json").read_text(encoding="utf-8")) == {"image_seq_length": config["image_seq_length"], "processor_class": "InternVLProcessor"}
+    assert (out / "SOURCE").read_text(encoding="utf-8") == f"converted by azion_ai from {original}\n"
+    assert (out / ".complete").read_text() == "1"
+    written = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+    source = json.loads((original / "tokenizer_config.json").read_text(encoding="utf-8"))
+    source.pop("auto_map", None)
+    assert written == {**source, "start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}
+    for name in ("tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json", "special_tokens_map.json"):
+        if (original / name).is_file():
+            assert (out / name).read_bytes() == (original / name).read_bytes(), name
+
+
+def test_convert_errors_name_the_file_and_leave_nothing_behind(original, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from azion_ai._local._internvl_original import convert
+
+    def error(src):
+        cache = tmp_path / "cache"
+        with pytest.raises(azion_ai.ModelLoadError) as caught:
+            convert(src, cache)
+        assert not cache.exists() or list(cache.iterdir()) == []  # no .tmp directory, no entry
+        return str(caught.value)
+
+    no_tokenizer = _copy(original, tmp_path / "notok")
+    (no_tokenizer / "tokenizer.json").unlink()
+    (no_tokenizer / "vocab.json").unlink(missing_ok=True)
+    assert error(no_tokenizer) == f"{str(no_tokenizer)!r} has no tokenizer (tokenizer_config.json with tokenizer.json or vocab.json + merges.txt)"
+
+    no_config = _copy(original, tmp_path / "noconf")
+    (no_config / "tokenizer_config.json").unlink()
+    assert "has no tokenizer" in error(no_config)
+
+    missing = _copy(original, tmp_path / "missing")
+    tensors = load_file(str(missing / "model.safetensors"))
+    dropped = [n for n in tensors if n.startswith("language_model.model.layers.0.")]
+    for n in dropped:
+        del tensors[n]
+    save_file(tensors, str(missing / "model.safetensors"))
+    message = error(missing)
+    assert message.startswith(f"{str(missing)!r}: the weights lack ") and message.endswith(" and 4 more")  # a Qwen2 layer's 9 weights: 5 named
+
+    qkv = _copy(original, tmp_path / "qkv")
+    tensors = load_file(str(qkv / "model.safetensors"))
+    fused = tensors["vision_model.encoder.layers.0.attn.qkv.weight"]
+    tensors["vision_model.encoder.layers.0.attn.qkv.weight"] = fused[:-3].contiguous()
+    save_file(tensors, str(qkv / "model.safetensors"))
+    hidden = json.loads((original / "config.json").read_text())["vision_config"]["hidden_size"]
+    assert error(qkv) == f"{qkv / 'model.safetensors'}: tensor 'vision_model.encoder.layers.0.attn.qkv.weight' has shape {(3 * hidden - 3, fused.shape[1])}; a fused qkv needs {3 * hidden} rows"
+
+    embed = _copy(original, tmp_path / "embed")
+    config = json.loads((embed / "config.json").read_text())
+    config["llm_config"]["vocab_size"] += 1
+    (embed / "config.json").write_text(json.dumps(config))
+    shape = tuple(load_file(str(embed / "model.safetensors"))["language_model.model.embed_tokens.weight"].shape)
+    assert error(embed) == f"{embed / 'model.safetensors'}: embed_tokens has shape {shape}, config.json says {(config['llm_config']['vocab_size'], config['llm_config']['hidden_size'])}"
+
+    lacks = _copy(original, tmp_path / "lacks")  # a tokenizer without <|im_end|> (the end of a turn)
+    tokenizer_config = json.loads((lacks / "tokenizer_config.json").read_text())
+    tokenizer_config["eos_token"] = "<|endoftext|>"
+    tokenizer_config["unk_token"] = "<|endoftext|>"  # a missing token then looks up as the unknown token's id
+    tokenizer_config["extra_special_tokens"] = [t for t in tokenizer_config.get("extra_special_tokens", []) if t != "<|im_end|>"]
+    tokenizer = json.loads((lacks / "tokenizer.json").read_text())
+    tokenizer["added_tokens"] = [t for t in tokenizer["added_tokens"] if t["content"] != "<|im_end|>"]
+    tokenizer["model"]["vocab"].pop("<|im_end|>", None)
+    (lacks / "tokenizer.json").write_text(json.dumps(tokenizer))
+    (lacks / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    assert error(lacks) == f"{lacks / 'tokenizer_config.json'}: the tokenizer lacks <|im_end|>"
+
+
+def test_convert_reads_a_vocab_json_tokenizer_and_drops_auto_map(original, tmp_path):
+    from azion_ai._local._internvl_original import convert
+
+    src = _copy(original, tmp_path / "slow")  # vocab.json + merges.txt instead of tokenizer.json
+    tokenizer = json.loads((src / "tokenizer.json").read_text())
+    vocab = {**tokenizer["model"]["vocab"], **{t["content"]: t["id"] for t in tokenizer["added_tokens"]}}
+    (src / "vocab.json").write_text(json.dumps(vocab))
+    (src / "merges.txt").write_text("#version: 0.2\n" + "".join(" ".join(m) + "\n" for m in tokenizer["model"]["merges"]))
+    (src / "tokenizer.json").unlink()
+    tokenizer_config = json.loads((src / "tokenizer_config.json").read_text())
+    tokenizer_config["auto_map"] = {"AutoTokenizer": ["tokenization_internvl.Tokenizer", None]}  # remote code: dropped
+    (src / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    out = convert(src, tmp_path / "cache")
+    assert (out / "vocab.json").read_bytes() == (src / "vocab.json").read_bytes()
+    assert (out / "merges.txt").read_bytes() == (src / "merges.txt").read_bytes()
+    assert "auto_map" not in json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+
+
+def test_convert_names_config_json_when_its_config_cannot_be_mapped(original, tmp_path):
+    from azion_ai._local._internvl_original import convert
+
+    src = _copy(original, tmp_path / "v1")
+    config = json.loads((src / "config.json").read_text())
+    config["ps_version"] = "v1"
+    (src / "config.json").write_text(json.dumps(config))
+    with pytest.raises(azion_ai.ModelLoadError) as caught:
+        convert(src, tmp_path / "cache")
+    assert str(caught.value) == f"{src / 'config.json'}: ps_version is 'v1'; only 'v2' can be mapped to transformers' InternVL"
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_the_tiling_settings_reach_the_image_processor(original, tmp_path):
+    from azion_ai._local._internvl_original import convert
+
+    for name, settings, expected in (
+        ("set", {"dynamic_image_size": False, "min_dynamic_patch": 2, "max_dynamic_patch": 6}, (False, 2, 6)),
+        ("silent", {}, (True, 1, 12)),  # InternVL's defaults when config.json says nothing
+    ):
+        src = _copy(original, tmp_path / name)
+        config = json.loads((src / "config.json").read_text())
+        for key in ("dynamic_image_size", "min_dynamic_patch", "max_dynamic_patch"):
+            config.pop(key, None)
+        (src / "config.json").write_text(json.dumps({**config, **settings}))
+        pre = json.loads((convert(src, tmp_path / "cache") / "preprocessor_config.json").read_text())
+        assert (pre["crop_to_patches"], pre["min_patches"], pre["max_patches"]) == expected
+
+
+def test_weight_file_errors_name_the_directory(tmp_path):
+    with pytest.raises(azion_ai.ModelLoadError) as caught:
+        _weight_files(tmp_path)
+    assert str(caught.value) == f"{str(tmp_path)!r} has no safetensors weights (model.safetensors or its index)"
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00001-of-00001.safetensors"}}))
+    with pytest.raises(azion_ai.ModelLoadError) as caught:
+        _weight_files(tmp_path)
+    assert str(caught.value) == f"{str(tmp_path)!r} is incomplete: missing weight shard(s) model-00001-of-00001.safetensors"
+    (tmp_path / "model.safetensors.index.json").write_text("{}")  # an index that maps nothing: no shards
+    assert _weight_files(tmp_path) == []
+
+
+@pytest.mark.parametrize(("key", "value", "wanted"), [("use_backbone_lora", 8, "0"), ("use_llm_lora", 16, "0"), ("use_thumbnail", False, "True")])
+def test_each_unmappable_switch_is_named_exactly(tmp_path, key, value, wanted):
+    where = tmp_path / "config.json"
+    with pytest.raises(azion_ai.ModelLoadError) as caught:
+        native_config({**MINIMAL, key: value}, where, 7, 8)
+    assert str(caught.value) == f"{where}: {key} is {value!r}; only {wanted} can be mapped to transformers' InternVL"
+
+
+def test_the_cache_key_hashes_the_content_of_files_under_8_mib_only(tmp_path):
+    def key_after_rewrite(name, size):
+        path = tmp_path / name
+        path.write_bytes(b"a" * size)
+        before = cache_key(tmp_path)
+        stamp = path.stat()
+        path.write_bytes(b"b" * size)  # same size and modification time, other bytes
+        os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+        return before != cache_key(tmp_path)
+
+    assert key_after_rewrite("small.json", 100)  # read
+    assert key_after_rewrite("under.bin", 8 * 1024 * 1024 - 1)  # read
+    (tmp_path / "under.bin").unlink()
+    assert not key_after_rewrite("weights.bin", 8 * 1024 * 1024)  # 8 MiB: names, sizes and times only

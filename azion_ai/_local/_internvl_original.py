@@ -15,6 +15,7 @@ processor template. ``chat_template="internvl2_5"`` or ``"internvl-hf"`` picks a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -61,8 +62,12 @@ def _pattern(template: str) -> re.Pattern[str]:
     return re.compile("^" + "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>{_SLOTS[p]})" for i, p in enumerate(parts)) + "$")
 
 
-_FORWARD = [(_pattern(original), native) for original, native in _NAMES]
-_BACKWARD = [(_pattern(native), original) for original, native in _NAMES]
+@functools.cache
+def _tables() -> tuple[list[tuple[re.Pattern[str], str]], list[tuple[re.Pattern[str], str]]]:
+    """(forward, backward): compiled on first use, not at import (mutation testing reaches it)."""
+    forward = [(_pattern(original), native) for original, native in _NAMES]
+    backward = [(_pattern(native), original) for original, native in _NAMES]
+    return forward, backward
 
 
 def _rename(name: str, table: list[tuple[re.Pattern[str], str]]) -> str | None:
@@ -79,7 +84,7 @@ def native_names(name: str) -> list[str]:
     if match:
         layer, leaf = match.groups()
         return [f"vision_tower.encoder.layer.{layer}.attention.{p}_proj.{leaf}" for p in "qkv"]
-    renamed = _rename(name, _FORWARD)
+    renamed = _rename(name, _tables()[0])
     return [renamed] if renamed else []
 
 
@@ -88,7 +93,7 @@ def original_name(native: str) -> str:
     match = _SPLIT.match(native)
     if match:
         return f"vision_model.encoder.layers.{match.group(1)}.attn.qkv.{match.group(2)}"
-    renamed = _rename(native, _BACKWARD)
+    renamed = _rename(native, _tables()[1])
     if renamed is None:
         raise KeyError(native)
     return renamed
