@@ -17,7 +17,7 @@ from seeds import INTERNVL, QWEN, example_payloads, examples, plain_json, plain_
 
 import azion_ai
 from azion_ai import ValidationError, _validation
-from azion_ai._schema_compile import Unsupported, compile_schema
+from azion_ai._schema_compile import Unsupported, compile_schema, resolve_local_ref
 
 LIMIT = _validation.MAX_DEPTH
 
@@ -355,3 +355,25 @@ def test_a_oneof_without_one_shared_string_tag_compiles_without_a_table(branches
     assert _tables(fast) == []
     cases = [{"a": "x"}, {"b": "y"}, {"a": "x", "b": "y"}, {"a": 1}, {"a": "y"}, {}, "s", 1]
     assert [fast(c) for c in cases] == [Draft7Validator(schema).is_valid(c) for c in cases]
+
+
+REF_ROOT = {"a": {"b/c": 1, "d~e": 2, "~1": 3, "list": [10, 20], "s": "abc"}, "b": 4}
+
+
+@pytest.mark.parametrize(("ref", "expected"), [
+    ("#", REF_ROOT), ("#/b", 4), ("#/a/list", [10, 20]), ("#/a/list/1", 20), ("#/a/list/0", 10),
+    ("#/a/b~1c", 1), ("#/a/d~0e", 2), ("#/a/~01", 3),  # RFC 6901 escapes: ~1 is "/", ~0 is "~", in that order
+])
+def test_resolve_local_ref_follows_json_pointers(ref, expected):
+    assert resolve_local_ref(REF_ROOT, ref) == expected
+
+
+@pytest.mark.parametrize(("ref", "message"), [
+    ("#/a/list/2", "does not resolve"), ("#/a/list/x", "does not resolve"), ("#/a/x", "does not resolve"),
+    ("#/a/s/b", "does not resolve"), ("#/a/b/c", "does not resolve"), ("#/zz", "does not resolve"),
+    ("x/b", "is not a local reference"), ("other.json#/b", "is not a local reference"), (5, "is not a local reference"), (None, "is not a local reference"),
+])
+def test_resolve_local_ref_refuses_remote_and_dangling_refs(ref, message):
+    with pytest.raises(LookupError, match=message) as caught:
+        resolve_local_ref(REF_ROOT, ref)
+    assert type(caught.value) is LookupError  # not a KeyError or IndexError from a stray lookup
