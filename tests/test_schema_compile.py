@@ -377,3 +377,22 @@ def test_resolve_local_ref_refuses_remote_and_dangling_refs(ref, message):
     with pytest.raises(LookupError, match=message) as caught:
         resolve_local_ref(REF_ROOT, ref)
     assert type(caught.value) is LookupError  # not a KeyError or IndexError from a stray lookup
+
+
+KIND_A = {"type": "object", "required": ["kind"], "properties": {"kind": {"const": "a"}, "v": {"type": "string"}}}
+KIND_C = {"type": "object", "required": ["kind"], "properties": {"kind": {"const": "c"}}}
+
+
+@pytest.mark.parametrize(("schema", "tables"), [
+    # a nested oneOf with an untagged branch leaves the outer oneOf untagged (the inner one too)
+    ({"oneOf": [{"oneOf": [KIND_A, {"type": "object"}]}, KIND_C]}, 0),
+    # a typed node's own oneOf does not tag it: only the inner oneOf gets a table
+    ({"oneOf": [{"type": "object", "oneOf": [KIND_A, KIND_C]}, {"type": "object", "required": ["kind"], "properties": {"kind": {"const": "d"}}}]}, 1),
+    # an untyped branch with a required string const is not a tagged object branch
+    ({"oneOf": [{"required": ["kind"], "properties": {"kind": {"const": "a"}}}, KIND_C]}, 0),
+])
+def test_oneof_tagging_needs_every_branch_tagged_and_typed(schema, tables):
+    fast = compile_schema(schema, max_depth=LIMIT)
+    assert len(_tables(fast)) == tables
+    cases = [{"kind": "a", "v": "s"}, {"kind": "a", "v": 1}, {"kind": "c"}, {"kind": "d"}, {"kind": "zzz"}, {"kind": 1}, {}, "a", [1]]
+    assert [fast(c) for c in cases] == [Draft7Validator(schema).is_valid(c) for c in cases]
