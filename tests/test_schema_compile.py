@@ -396,3 +396,18 @@ def test_oneof_tagging_needs_every_branch_tagged_and_typed(schema, tables):
     assert len(_tables(fast)) == tables
     cases = [{"kind": "a", "v": "s"}, {"kind": "a", "v": 1}, {"kind": "c"}, {"kind": "d"}, {"kind": "zzz"}, {"kind": 1}, {}, "a", [1]]
     assert [fast(c) for c in cases] == [Draft7Validator(schema).is_valid(c) for c in cases]
+
+
+@pytest.mark.parametrize(("branch", "tagged"), [
+    ({"type": ["object"], "required": ["kind"], "properties": {"kind": {"const": "b"}}}, True),  # type as a one-item list
+    ({"type": "object", "required": ["x", "kind"], "properties": {"x": {"type": "integer"}, "kind": {"const": "b"}}}, True),  # the tag is not the first required key
+    ({"type": "object", "required": ["y", "kind"], "properties": {"kind": {"enum": ["b"]}}}, True),  # a required key with no schema comes first
+    ({"type": "object", "required": ["kind"]}, False),  # required, but no properties to name its values
+    ({"type": "object", "required": ["kind"], "properties": {"kind": {"type": "string"}}}, False),  # neither enum nor const
+])
+def test_a_oneof_branch_is_tagged_by_its_first_required_string_enum_property(branch, tagged):
+    schema = {"oneOf": [KIND_A, branch]}
+    fast = compile_schema(schema, max_depth=LIMIT)
+    assert len(_tables(fast)) == (1 if tagged else 0)
+    cases = [{"kind": "a", "v": "s"}, {"kind": "b"}, {"kind": "b", "x": 1}, {"kind": "b", "x": "1"}, {"kind": "c"}, {"kind": 1}, {}, "b"]
+    assert [fast(c) for c in cases] == [Draft7Validator(schema).is_valid(c) for c in cases]
