@@ -411,3 +411,21 @@ def test_a_oneof_branch_is_tagged_by_its_first_required_string_enum_property(bra
     assert len(_tables(fast)) == (1 if tagged else 0)
     cases = [{"kind": "a", "v": "s"}, {"kind": "b"}, {"kind": "b", "x": 1}, {"kind": "b", "x": "1"}, {"kind": "c"}, {"kind": 1}, {}, "b"]
     assert [fast(c) for c in cases] == [Draft7Validator(schema).is_valid(c) for c in cases]
+
+
+def test_kitchen_sink_refs_are_followed_like_jsonschema():
+    fast = compile_schema(KITCHEN_SINK, max_depth=LIMIT)
+    cases = [{"tree": {"value": 1}}, {"tree": {"value": "x"}}, {"tree": {"value": 1, "children": [{"value": 2}]}}, {"tree": {"value": 1, "children": [{"value": "2"}]}}, {"tree": 1}]
+    assert [fast(c) for c in cases] == [Draft7Validator(KITCHEN_SINK).is_valid(c) for c in cases]
+    assert [Draft7Validator(KITCHEN_SINK).is_valid(c) for c in cases].count(True) >= 1
+
+
+def test_a_ref_cycle_is_unsupported_and_a_long_ref_chain_is_not():
+    with pytest.raises(Unsupported, match=r"^\$ref cycle$"):
+        compile_schema({"definitions": {"a": {"$ref": "#/definitions/b"}, "b": {"$ref": "#/definitions/a"}}, "properties": {"p": {"$ref": "#/definitions/a"}}}, max_depth=LIMIT)
+    # 100 hops of $ref to reach a schema are followed (the 101st would count as a cycle)
+    chain = {f"r{i}": {"$ref": f"#/definitions/r{i + 1}"} for i in range(99)} | {"r99": {"type": "integer"}}
+    fast = compile_schema({"definitions": chain, "properties": {"p": {"$ref": "#/definitions/r0"}}}, max_depth=LIMIT)
+    assert [fast({"p": 1}), fast({"p": "1"})] == [True, False]
+    with pytest.raises(Unsupported, match="does not resolve"):
+        compile_schema({"properties": {"p": {"$ref": "#/definitions/missing"}}}, max_depth=LIMIT)
