@@ -17,7 +17,7 @@ from seeds import INTERNVL, QWEN, example_payloads, examples, plain_json, plain_
 
 import azion_ai
 from azion_ai import ValidationError, _validation
-from azion_ai._schema_compile import Unsupported, compile_schema
+from azion_ai._schema_compile import Unsupported, compile_schema, resolve_local_ref
 
 LIMIT = _validation.MAX_DEPTH
 
@@ -44,7 +44,7 @@ def agree(fast, full, payload):
         assert answer is (full.is_valid(payload) and plain_json(payload)), payload
 
 
-@settings(max_examples=examples(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400, under_mutation=15), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated())
 def test_real_schemas_mutated_seeds(case):
     model_id, payload = case
@@ -52,7 +52,7 @@ def test_real_schemas_mutated_seeds(case):
     agree(fast, full, payload)
 
 
-@settings(max_examples=examples(200), deadline=None)
+@settings(max_examples=examples(200, under_mutation=10), deadline=None)
 @given(st.sampled_from([QWEN, INTERNVL]), st.fixed_dictionaries({"messages": st.lists(json_values, max_size=4)}, optional={"tools": json_values, "n": json_values, "temperature": json_values}))
 def test_real_schemas_random_messages(model_id, payload):
     fast, full = reference(model_id)
@@ -154,14 +154,14 @@ leaves = st.one_of(
 values = st.recursive(leaves, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.sampled_from(KEYS), kids, max_size=4), max_leaves=20)
 
 
-@settings(max_examples=examples(1500), deadline=None)
+@settings(max_examples=examples(1500, under_mutation=40), deadline=None)
 @given(st.dictionaries(st.sampled_from(KEYS), values, max_size=6))
 def test_every_keyword_matches_jsonschema(instance):
     fast = compile_schema(KITCHEN_SINK, max_depth=LIMIT)
     assert fast(instance) is Draft7Validator(KITCHEN_SINK).is_valid(instance), instance
 
 
-@settings(max_examples=examples(2000), deadline=None)
+@settings(max_examples=examples(2000, under_mutation=60), deadline=None)
 @given(st.sampled_from(PROPERTIES), st.one_of(leaves, values, st.dictionaries(st.sampled_from(["a", "b", "c", "d", "k", "x", "y", "xa", "zz", "kind", "v"]), leaves, max_size=3)))
 def test_each_keyword_alone_matches_jsonschema(name, value):
     # One property at a time: the rest of the instance cannot hide a wrong answer.
@@ -285,3 +285,147 @@ def test_tuples_and_mappings_validate_like_lists_and_dicts():
     azion_ai.validate(QWEN, MappingProxyType(copy.deepcopy(payload)))
     with pytest.raises(ValidationError, match=r"messages\[0\].content"):
         azion_ai.validate(QWEN, {"messages": ({"role": "user", "content": ({"type": "text"},)},)})
+
+
+# enum/const compare as JSON Schema does (1 is 1.0, true is not 1, arrays and objects by value):
+# each instance's answer comes from plain jsonschema.
+JSON_EQUALITY_SCHEMA = {"properties": {
+    "flag": {"enum": [True]},
+    "off": {"const": False},
+    "pair": {"enum": [[1, "a"]]},
+    "obj": {"const": {"a": 1, "b": [True]}},
+    "one": {"const": 1},
+    "nested": {"const": [[1]]},
+}}
+JSON_EQUALITY_CASES = [
+    {"flag": True}, {"flag": False}, {"flag": 1}, {"flag": "true"}, {"off": False}, {"off": True}, {"off": 0}, {"off": None},
+    {"pair": [1, "a"]}, {"pair": [1.0, "a"]}, {"pair": [1, "b"]}, {"pair": [1]}, {"pair": [1, "a", 2]}, {"pair": [True, "a"]}, {"pair": {"1": "a"}},
+    {"obj": {"a": 1, "b": [True]}}, {"obj": {"a": 1.0, "b": [True]}}, {"obj": {"a": 1, "b": [1]}}, {"obj": {"a": 1}}, {"obj": {"a": 1, "c": [True]}}, {"obj": [1]},
+    {"one": 1}, {"one": 1.0}, {"one": True}, {"one": [1]}, {"one": {"1": 1}}, {"one": "1"},
+    {"nested": [[1]]}, {"nested": [1]}, {"nested": [[1.0]]}, {"nested": [[True]]}, {"nested": [{"1": 1}]}, {"nested": 1},
+]
+
+
+def test_enum_and_const_compare_json_values_like_jsonschema():
+    fast = compile_schema(JSON_EQUALITY_SCHEMA, max_depth=LIMIT)
+    expected = [Draft7Validator(JSON_EQUALITY_SCHEMA).is_valid(case) for case in JSON_EQUALITY_CASES]
+    assert [fast(case) for case in JSON_EQUALITY_CASES] == expected
+    assert expected.count(True) == 10  # flag, off, pair (2), obj (2), one (2), nested (2): hand-counted
+
+
+TAGGED = {"oneOf": [
+    {"type": "object", "required": ["role"], "properties": {"role": {"const": "user"}, "content": {"type": "string"}}},
+    {"type": "object", "required": ["role"], "properties": {"role": {"enum": ["assistant", "tool"]}}},
+    {"oneOf": [
+        {"type": "object", "required": ["role"], "properties": {"role": {"const": "system"}}},
+        {"type": "object", "required": ["role"], "properties": {"role": {"const": "developer"}}},
+    ]},
+]}
+
+
+def _tables(check):
+    """The tag tables the compiled predicate looks branches up in ({tag value: branch functions})."""
+    (entry,) = [cell.cell_contents for cell in check.__closure__ if callable(cell.cell_contents)]
+    return [value for name, value in entry.__globals__.items() if name.startswith("_D")]
+
+
+def test_a_oneof_tagged_by_a_required_string_enum_compiles_to_one_lookup_table():
+    fast = compile_schema(TAGGED, max_depth=LIMIT)
+    # the outer oneOf, and the nested one (its own table); each tag value names the one branch
+    # that can accept it (hand-written)
+    inner, outer = sorted(_tables(fast), key=len)
+    assert sorted(inner) == ["developer", "system"] and sorted(outer) == ["assistant", "developer", "system", "tool", "user"]
+    assert all(len(functions) == 1 for table in (inner, outer) for functions in table.values())
+    assert outer["assistant"] == outer["tool"] and outer["system"] == outer["developer"] and outer["user"] != outer["tool"] != outer["system"]
+    assert inner["system"] != inner["developer"]
+    cases = [{"role": "user", "content": "x"}, {"role": "user", "content": 1}, {"role": "tool"}, {"role": "system"}, {"role": "developer"}, {"role": "other"}, {"role": 1}, {}, "user", [{"role": "user"}]]
+    assert [fast(c) for c in cases] == [Draft7Validator(TAGGED).is_valid(c) for c in cases]
+
+
+@pytest.mark.parametrize("branches", [
+    # tags on different properties, an untagged branch, a non-string enum: no table, plain oneOf
+    [{"type": "object", "required": ["a"], "properties": {"a": {"const": "x"}}}, {"type": "object", "required": ["b"], "properties": {"b": {"const": "y"}}}],
+    [{"type": "object", "required": ["a"], "properties": {"a": {"const": "x"}}}, {"type": "object"}],
+    [{"type": "object", "required": ["a"], "properties": {"a": {"enum": [1, 2]}}}, {"type": "object", "required": ["a"], "properties": {"a": {"const": "y"}}}],
+    [{"type": "string"}, {"type": "object", "required": ["a"], "properties": {"a": {"const": "y"}}}],
+])
+def test_a_oneof_without_one_shared_string_tag_compiles_without_a_table(branches):
+    schema = {"oneOf": branches}
+    fast = compile_schema(schema, max_depth=LIMIT)
+    assert _tables(fast) == []
+    cases = [{"a": "x"}, {"b": "y"}, {"a": "x", "b": "y"}, {"a": 1}, {"a": "y"}, {}, "s", 1]
+    assert [fast(c) for c in cases] == [Draft7Validator(schema).is_valid(c) for c in cases]
+
+
+REF_ROOT = {"a": {"b/c": 1, "d~e": 2, "~1": 3, "list": [10, 20], "s": "abc"}, "b": 4}
+
+
+@pytest.mark.parametrize(("ref", "expected"), [
+    ("#", REF_ROOT), ("#/b", 4), ("#/a/list", [10, 20]), ("#/a/list/1", 20), ("#/a/list/0", 10),
+    ("#/a/b~1c", 1), ("#/a/d~0e", 2), ("#/a/~01", 3),  # RFC 6901 escapes: ~1 is "/", ~0 is "~", in that order
+])
+def test_resolve_local_ref_follows_json_pointers(ref, expected):
+    assert resolve_local_ref(REF_ROOT, ref) == expected
+
+
+@pytest.mark.parametrize(("ref", "message"), [
+    ("#/a/list/2", "does not resolve"), ("#/a/list/x", "does not resolve"), ("#/a/x", "does not resolve"),
+    ("#/a/s/b", "does not resolve"), ("#/a/b/c", "does not resolve"), ("#/zz", "does not resolve"),
+    ("x/b", "is not a local reference"), ("other.json#/b", "is not a local reference"), (5, "is not a local reference"), (None, "is not a local reference"),
+])
+def test_resolve_local_ref_refuses_remote_and_dangling_refs(ref, message):
+    with pytest.raises(LookupError, match=message) as caught:
+        resolve_local_ref(REF_ROOT, ref)
+    assert type(caught.value) is LookupError  # not a KeyError or IndexError from a stray lookup
+
+
+KIND_A = {"type": "object", "required": ["kind"], "properties": {"kind": {"const": "a"}, "v": {"type": "string"}}}
+KIND_C = {"type": "object", "required": ["kind"], "properties": {"kind": {"const": "c"}}}
+
+
+@pytest.mark.parametrize(("schema", "tables"), [
+    # a nested oneOf with an untagged branch leaves the outer oneOf untagged (the inner one too)
+    ({"oneOf": [{"oneOf": [KIND_A, {"type": "object"}]}, KIND_C]}, 0),
+    # a typed node's own oneOf does not tag it: only the inner oneOf gets a table
+    ({"oneOf": [{"type": "object", "oneOf": [KIND_A, KIND_C]}, {"type": "object", "required": ["kind"], "properties": {"kind": {"const": "d"}}}]}, 1),
+    # an untyped branch with a required string const is not a tagged object branch
+    ({"oneOf": [{"required": ["kind"], "properties": {"kind": {"const": "a"}}}, KIND_C]}, 0),
+])
+def test_oneof_tagging_needs_every_branch_tagged_and_typed(schema, tables):
+    fast = compile_schema(schema, max_depth=LIMIT)
+    assert len(_tables(fast)) == tables
+    cases = [{"kind": "a", "v": "s"}, {"kind": "a", "v": 1}, {"kind": "c"}, {"kind": "d"}, {"kind": "zzz"}, {"kind": 1}, {}, "a", [1]]
+    assert [fast(c) for c in cases] == [Draft7Validator(schema).is_valid(c) for c in cases]
+
+
+@pytest.mark.parametrize(("branch", "tagged"), [
+    ({"type": ["object"], "required": ["kind"], "properties": {"kind": {"const": "b"}}}, True),  # type as a one-item list
+    ({"type": "object", "required": ["x", "kind"], "properties": {"x": {"type": "integer"}, "kind": {"const": "b"}}}, True),  # the tag is not the first required key
+    ({"type": "object", "required": ["y", "kind"], "properties": {"kind": {"enum": ["b"]}}}, True),  # a required key with no schema comes first
+    ({"type": "object", "required": ["kind"]}, False),  # required, but no properties to name its values
+    ({"type": "object", "required": ["kind"], "properties": {"kind": {"type": "string"}}}, False),  # neither enum nor const
+])
+def test_a_oneof_branch_is_tagged_by_its_first_required_string_enum_property(branch, tagged):
+    schema = {"oneOf": [KIND_A, branch]}
+    fast = compile_schema(schema, max_depth=LIMIT)
+    assert len(_tables(fast)) == (1 if tagged else 0)
+    cases = [{"kind": "a", "v": "s"}, {"kind": "b"}, {"kind": "b", "x": 1}, {"kind": "b", "x": "1"}, {"kind": "c"}, {"kind": 1}, {}, "b"]
+    assert [fast(c) for c in cases] == [Draft7Validator(schema).is_valid(c) for c in cases]
+
+
+def test_kitchen_sink_refs_are_followed_like_jsonschema():
+    fast = compile_schema(KITCHEN_SINK, max_depth=LIMIT)
+    cases = [{"tree": {"value": 1}}, {"tree": {"value": "x"}}, {"tree": {"value": 1, "children": [{"value": 2}]}}, {"tree": {"value": 1, "children": [{"value": "2"}]}}, {"tree": 1}]
+    assert [fast(c) for c in cases] == [Draft7Validator(KITCHEN_SINK).is_valid(c) for c in cases]
+    assert [Draft7Validator(KITCHEN_SINK).is_valid(c) for c in cases].count(True) >= 1
+
+
+def test_a_ref_cycle_is_unsupported_and_a_long_ref_chain_is_not():
+    with pytest.raises(Unsupported, match=r"^\$ref cycle$"):
+        compile_schema({"definitions": {"a": {"$ref": "#/definitions/b"}, "b": {"$ref": "#/definitions/a"}}, "properties": {"p": {"$ref": "#/definitions/a"}}}, max_depth=LIMIT)
+    # 100 hops of $ref to reach a schema are followed (the 101st would count as a cycle)
+    chain = {f"r{i}": {"$ref": f"#/definitions/r{i + 1}"} for i in range(99)} | {"r99": {"type": "integer"}}
+    fast = compile_schema({"definitions": chain, "properties": {"p": {"$ref": "#/definitions/r0"}}}, max_depth=LIMIT)
+    assert [fast({"p": 1}), fast({"p": "1"})] == [True, False]
+    with pytest.raises(Unsupported, match="does not resolve"):
+        compile_schema({"properties": {"p": {"$ref": "#/definitions/missing"}}}, max_depth=LIMIT)
