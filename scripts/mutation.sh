@@ -20,6 +20,7 @@ schema_compile|azion_ai/_schema_compile.py|tests/test_schema_compile.py tests/te
 validation|azion_ai/_validation.py|tests/test_validation.py tests/test_schema_compile.py tests/test_hostile.py
 response|azion_ai/_local/_response.py|tests/test_local_units.py
 chat|azion_ai/_local/_chat.py|tests/test_local_units.py
+sampling|azion_ai/_local/_sampling.py|tests/test_sampling.py tests/test_local_units.py
 "
 
 wanted=("$@")
