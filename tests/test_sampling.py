@@ -197,3 +197,31 @@ def test_logprobs_with_no_alternatives_asked():
     raw = torch.log(torch.tensor([[1.0, 3.0]]))
     [(lp, alternatives)] = logprobs(raw, [1], top=0)
     assert lp == pytest.approx(math.log(0.75)) and alternatives == []
+
+
+def test_repetition_penalty_divides_logits_between_zero_and_one():
+    penalties = Penalties(params(repetition_penalty=2.0), torch.tensor([[0, 1, 2]]), rows=1, width=3)
+    assert penalties(torch.tensor([[0.5, 1.0, 0.0]])).tolist() == [[0.25, 0.5, 0.0]]
+
+
+def test_penalised_scores_keep_the_logits_dtype():
+    penalties = Penalties(params(frequency_penalty=1.0, presence_penalty=0.5), torch.tensor([[0]]), rows=1, width=3)
+    penalties.update(torch.tensor([[1]]))
+    out = penalties(torch.ones(1, 3, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and out.tolist() == [[1.0, -0.5, 1.0]]
+
+
+def test_penalty_counts_update_on_the_tokens_device():
+    penalties = Penalties(params(frequency_penalty=1.0), torch.tensor([[0]], device="meta"), rows=1, width=3)
+    penalties.update(torch.tensor([[1]], device="meta"))
+    assert penalties.counts.device.type == "meta"
+
+
+def test_logit_bias_row_is_rebuilt_for_a_new_dtype_or_width():
+    bias = LogitBias([(1, 1.0)])
+    assert bias(torch.zeros(1, 3, dtype=torch.float64)).dtype == torch.float64
+    narrower = bias(torch.zeros(1, 3, dtype=torch.float32))
+    assert narrower.dtype == torch.float32 and narrower.tolist() == [[0.0, 1.0, 0.0]]
+    assert bias(torch.zeros(3, 3)).tolist() == [[0.0, 1.0, 0.0]] * 3
+    assert bias(torch.zeros(3, 5)).tolist() == [[0.0, 1.0, 0.0, 0.0, 0.0]] * 3  # as many rows as the old width
+
