@@ -209,3 +209,17 @@ def test_one_choice_each_splits_multi_choice_chunks_in_order():
     assert one_choice_each({"id": "x", "choices": []}) == [{"id": "x", "choices": []}]
     assert one_choice_each({"id": "x", "choices": [{"index": 0}, {"index": 1}]}) == [
         {"id": "x", "choices": [{"index": 0}]}, {"id": "x", "choices": [{"index": 1}]}]
+
+
+def test_for_request_takes_the_request_settings():
+    from types import SimpleNamespace
+
+    checkpoint = SimpleNamespace(tokenizer=ByteTokenizer(), eos_token_ids=[EOS, 7])
+    params = SimpleNamespace(n=2, include_usage=True, stop=("END",), logprobs=0)
+    request = SimpleNamespace(params=params, model=SimpleNamespace(id="org/m"), tool_mode="auto")
+    b = ResponseBuilder.for_request(checkpoint, request, 9, 4)
+    assert (b.model_id, b.eos, b.max_tokens, b.prompt_tokens, b.include_usage, b.with_logprobs) == ("org/m", {EOS, 7}, 9, 4, True, True)
+    assert b.tokenizer is checkpoint.tokenizer
+    assert [(c.index, c.mode, c.stops) for c in b.choices] == [(0, "auto", ("END",)), (1, "auto", ("END",))]
+    no_logprobs = SimpleNamespace(params=SimpleNamespace(n=1, include_usage=False, stop=(), logprobs=None), model=SimpleNamespace(id="m"), tool_mode="text")
+    assert ResponseBuilder.for_request(checkpoint, no_logprobs, 1, 1).with_logprobs is False
