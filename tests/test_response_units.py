@@ -8,14 +8,14 @@ import time
 from azion_ai._local._response import ResponseBuilder, decoded_token, logprob_entry, one_choice_each
 
 EOS = 999
+SPECIAL = 998  # a special token that is not end-of-sequence
 
 
 class ByteTokenizer:
-    """ids 0-255 are UTF-8 bytes; 999 is the end-of-sequence token."""
+    """ids 0-255 are UTF-8 bytes; 999 is the end-of-sequence token (no text), 998 a special token."""
 
     def decode(self, ids, skip_special_tokens=True):
-        text = bytes(i for i in ids if i != EOS).decode("utf-8", errors="replace")
-        return text if skip_special_tokens or EOS not in ids else text + "</s>"
+        return "".join(("" if skip_special_tokens else "<x>") if i == SPECIAL else "" if i == EOS else bytes([i]).decode("latin-1") for i in ids).encode("latin-1").decode("utf-8", errors="replace")
 
 
 def ids(text):
@@ -223,3 +223,37 @@ def test_for_request_takes_the_request_settings():
     assert [(c.index, c.mode, c.stops) for c in b.choices] == [(0, "auto", ("END",)), (1, "auto", ("END",))]
     no_logprobs = SimpleNamespace(params=SimpleNamespace(n=1, include_usage=False, stop=(), logprobs=None), model=SimpleNamespace(id="m"), tool_mode="text")
     assert ResponseBuilder.for_request(checkpoint, no_logprobs, 1, 1).with_logprobs is False
+
+
+def test_special_tokens_are_text_only_with_tools():
+    # vLLM keeps special tokens in the text when a tool parser reads it, drops them otherwise
+    for mode, expected in ((None, "ab"), ("text", "ab"), ("none", "ab"), ("auto", "a<x>b"), ("required", "a<x>b")):
+        b = builder(**({} if mode is None else {"tool_mode": mode}))
+        for t in (ord("a"), SPECIAL, ord("b"), EOS):
+            b.step([t])
+        b.finish()
+        assert b.completion()["choices"][0]["message"]["content"] == expected, mode
+
+
+def test_named_call_cut_in_its_end_tag_counts_and_its_content_is_kept():
+    b = builder(tool_mode="named")
+    run(b, "hi " + CALL[:-5], eos=False)
+    done = b.completion()["choices"][0]
+    assert done["message"]["content"] == "hi " and len(done["message"]["tool_calls"]) == 1
+
+
+def test_an_empty_answer_has_empty_content():
+    b = builder()
+    b.step([EOS])
+    b.finish()
+    assert b.completion()["choices"][0]["message"]["content"] == ""
+
+
+def test_a_last_token_without_a_logprob_adds_no_entry():
+    b = builder(logprobs=True)
+    b.step([ord("a")], [(-0.5, [])])
+    b.step([EOS])
+    assert b.finish()[0]["choices"][0]["logprobs"] == {"content": []}
+    cut = builder(logprobs=True, max_tokens=1)
+    cut.step([ord("a")])
+    assert cut.finish()[0]["choices"][0]["logprobs"] == {"content": []}
