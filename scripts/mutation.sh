@@ -18,8 +18,9 @@ request|azion_ai/_local/_request.py|tests/test_request.py tests/test_local_units
 internvl_original|azion_ai/_local/_internvl_original.py|tests/test_internvl_original_units.py
 schema_compile|azion_ai/_schema_compile.py|tests/test_schema_compile.py tests/test_validation.py
 validation|azion_ai/_validation.py|tests/test_validation.py tests/test_schema_compile.py tests/test_hostile.py
-response|azion_ai/_local/_response.py|tests/test_local_units.py
-chat|azion_ai/_local/_chat.py|tests/test_local_units.py
+response|azion_ai/_local/_response.py|tests/test_response_units.py
+chat|azion_ai/_local/_chat.py|tests/test_chat_units.py tests/test_local_units.py
+sampling|azion_ai/_local/_sampling.py|tests/test_sampling.py tests/test_local_units.py
 "
 
 wanted=("$@")

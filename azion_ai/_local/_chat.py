@@ -171,7 +171,6 @@ class IncrementalDecoder:
     """
 
     def __init__(self, tokenizer: Any, skip_special_tokens: bool = True) -> None:
-        self._tokenizer = tokenizer
         self._skip = skip_special_tokens
         # The Rust tokenizer's own decode is ~3x faster than transformers' wrapper and gives the
         # same text when the wrapper would not clean up spaces (true for these models).
@@ -265,11 +264,12 @@ def _json_decoder(forced: bool) -> json.JSONDecoder:
 
 def _cut_call(body: str) -> Any:
     """A call's JSON whose end tag was cut off (``{...}</tool_``), or None if the JSON is cut too."""
+    body = body.lstrip()
     try:
-        obj, end = _json_decoder(True).raw_decode(body.lstrip())
+        obj, end = _json_decoder(True).raw_decode(body)
     except ValueError:
         return None
-    rest = body.lstrip()[end:].strip()
+    rest = body[end:].strip()
     return obj if TOOL_CLOSE.startswith(rest) else None
 
 

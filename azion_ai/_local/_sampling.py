@@ -97,7 +97,6 @@ class RowSampler:
             TopPLogitsWarper,
         )
 
-        self.params = params
         self.penalties = Penalties(params, prompt_ids, rows, width) if Penalties.wanted(params) else None
         self.bias = LogitBias(params.logit_bias) if params.logit_bias else None
         self.sample = not params.greedy
