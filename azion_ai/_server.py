@@ -228,9 +228,10 @@ class ChatServer:
                 return _error(413, f"request body is larger than {self.max_body_bytes} bytes", type_="invalid_request_error")
         return bytes(body)
 
-    async def chat_completions(self, request: Any) -> Any:
-        from starlette.responses import JSONResponse, StreamingResponse
-
+    async def _model_and_payload(self, request: Any) -> tuple[str, dict[str, Any]] | Any:
+        """The checks every route makes first, as vLLM's server does: the token, the body (size,
+        JSON, an object) and its ``model`` (the one served when absent); an error response or
+        ``(model id, payload without "model")``."""
         denied = self._unauthorized(request)
         if denied is not None:
             return denied
@@ -255,6 +256,15 @@ class ChatServer:
             return _error(400, f"\"model\" must be a string naming a served model ({served})", type_="invalid_request_error", param="model", code="invalid_type")
         if model_id not in self.models:
             return _error(404, f"model {model_id!r} is not served here; served: {served}", type_="not_found_error", param="model", code="model_not_found")
+        return model_id, payload
+
+    async def chat_completions(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse, StreamingResponse
+
+        parsed = await self._model_and_payload(request)
+        if not isinstance(parsed, tuple):
+            return parsed
+        model_id, payload = parsed
         state = self.states[model_id]
         if not state.ready.is_set():
             return _error(503, f"model {model_id!r} is still loading; retry shortly", type_="service_unavailable", code="model_loading")
@@ -330,30 +340,10 @@ class ChatServer:
 
         from ._models import endpoint
 
-        denied = self._unauthorized(request)
-        if denied is not None:
-            return denied
-        raw = await self._read_body(request)
-        if not isinstance(raw, bytes):
-            return raw
-        try:
-            payload = json.loads(raw)
-        except ValueError as exc:
-            return _error(400, f"request body is not valid JSON: {exc}", type_="invalid_request_error")
-        except RecursionError:
-            return _error(400, "request body is nested too deeply", type_="invalid_request_error")
-        if not isinstance(payload, dict):
-            return _error(400, "request body must be a JSON object", type_="invalid_request_error")
-        model_id = payload.pop("model", None)
-        served = ", ".join(sorted(self.models))
-        if model_id is None and len(self.models) == 1:
-            model_id = next(iter(self.models))  # as vLLM: no model means the one served
-        elif model_id is None:
-            return _error(400, f"\"model\" is required: name one of the served models ({served})", type_="invalid_request_error", param="model", code="missing_required_parameter")
-        elif not isinstance(model_id, str):
-            return _error(400, f"\"model\" must be a string naming a served model ({served})", type_="invalid_request_error", param="model", code="invalid_type")
-        if model_id not in self.models:
-            return _error(404, f"model {model_id!r} is not served here; served: {served}", type_="not_found_error", param="model", code="model_not_found")
+        parsed = await self._model_and_payload(request)
+        if not isinstance(parsed, tuple):
+            return parsed
+        model_id, payload = parsed
         info = get_model(model_id)
         if info.kind != ("embeddings" if route == "embeddings" else "rerank"):
             return _error(400, f"model {model_id!r} ({info.kind}) does not answer /v1/{route}", type_="invalid_request_error", param="model")

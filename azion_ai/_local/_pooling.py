@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from .._exceptions import ModelLoadError, ValidationError, ValidationIssue
 from .._models import ModelInfo
 from ._loading import _WEIGHT_FILES, _read_config, import_torch
-from ._request import Event
+from ._request import Cancellable, Event
 
 # What each kind of retrieval model needs from its directory, and vLLM's pooling task for it.
 _ARCHITECTURES = {
@@ -331,7 +331,7 @@ def _usage(tokens: int) -> dict[str, Any]:
 
 
 @dataclass
-class PoolingJob:
+class PoolingJob(Cancellable):
     """One retrieval request for an engine: its events are ``Started`` then ``Done`` (or
     ``Failed``), as a chat job's without chunks."""
 
@@ -339,18 +339,6 @@ class PoolingJob:
     emit: Callable[[Event], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
     _on_cancel: list[Callable[[], object]] = field(default_factory=list, repr=False)
-
-    def cancel(self) -> None:
-        if self.cancelled.is_set():
-            return
-        self.cancelled.set()
-        for hook in list(self._on_cancel):
-            hook()
-
-    def on_cancel(self, hook: Callable[[], object]) -> None:
-        self._on_cancel.append(hook)
-        if self.cancelled.is_set():
-            hook()
 
 
 class PoolingEngine(Protocol):

@@ -175,14 +175,13 @@ class Failed:
 Event = Started | Chunk | Done | Failed
 
 
-@dataclass
-class Job:
-    """One request for an engine: what to run, where its events go, and its cancellation."""
+class Cancellable:
+    """A job's cancellation, shared by chat and retrieval jobs: ``cancel`` sets ``cancelled``
+    once and runs the hooks engines registered (vLLM's abort); a hook registered after the
+    cancel runs at once."""
 
-    request: PreparedRequest
-    emit: Callable[[Event], None]
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    _on_cancel: list[Callable[[], object]] = field(default_factory=list, repr=False)
+    cancelled: threading.Event
+    _on_cancel: list[Callable[[], object]]
 
     def cancel(self) -> None:
         """Stop this job: the engine ends it at its next step (and vLLM aborts it at once)."""
@@ -196,3 +195,14 @@ class Job:
         self._on_cancel.append(hook)
         if self.cancelled.is_set():
             hook()
+
+
+@dataclass
+class Job(Cancellable):
+    """One request for an engine: what to run, where its events go, and its cancellation."""
+
+    request: PreparedRequest
+    emit: Callable[[Event], None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    _on_cancel: list[Callable[[], object]] = field(default_factory=list, repr=False)
+
