@@ -265,20 +265,29 @@ class ChatServer:
         if not isinstance(parsed, tuple):
             return parsed
         model_id, payload = parsed
-        state = self.states[model_id]
-        if not state.ready.is_set():
-            return _error(503, f"model {model_id!r} is still loading; retry shortly", type_="service_unavailable", code="model_loading")
-        if state.error is not None:
-            return _error(503, f"model {model_id!r} failed to load: {state.error}", type_="service_unavailable", code="model_load_failed")
-        try:
-            result = await self._run_until_disconnect(request, model_id, payload)
-        except BaseException as exc:
-            return self._exception_response(exc)
-        if result is None:  # the client left before the answer: nobody to send it to
-            return _error(499, "client disconnected", type_="invalid_request_error")
+        result, failed = await self._answer(request, model_id, payload)
+        if failed is not None:
+            return failed
         if not payload.get("stream"):
             return JSONResponse(result.model_dump(mode="json"))  # type: ignore[union-attr]
         return StreamingResponse(self._sse(result), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    async def _answer(self, request: Any, model_id: str, payload: dict[str, Any]) -> tuple[Any, Any]:
+        """``(the model's answer, None)``, or ``(None, an error response)``: the model still
+        loading or failed to load, the request failed, or the client left before the answer
+        (nobody to send it to)."""
+        state = self.states[model_id]
+        if not state.ready.is_set():
+            return None, _error(503, f"model {model_id!r} is still loading; retry shortly", type_="service_unavailable", code="model_loading")
+        if state.error is not None:
+            return None, _error(503, f"model {model_id!r} failed to load: {state.error}", type_="service_unavailable", code="model_load_failed")
+        try:
+            result = await self._run_until_disconnect(request, model_id, payload)
+        except BaseException as exc:
+            return None, self._exception_response(exc)
+        if result is None:
+            return None, _error(499, "client disconnected", type_="invalid_request_error")
+        return result, None
 
     async def _run_until_disconnect(self, request: Any, model_id: str, payload: dict[str, Any]) -> Any:
         """``client.run``, cancelled if the client disconnects before a whole (non-stream) answer
@@ -350,17 +359,9 @@ class ChatServer:
         if route != "embeddings" and endpoint(info, payload) != route:
             shape = "{query, documents}" if route == "rerank" else "{text_1, text_2}"
             return _error(400, f"/v1/{route} takes {shape}", type_="invalid_request_error")
-        state = self.states[model_id]
-        if not state.ready.is_set():
-            return _error(503, f"model {model_id!r} is still loading; retry shortly", type_="service_unavailable", code="model_loading")
-        if state.error is not None:
-            return _error(503, f"model {model_id!r} failed to load: {state.error}", type_="service_unavailable", code="model_load_failed")
-        try:
-            result = await self._run_until_disconnect(request, model_id, payload)
-        except BaseException as exc:
-            return self._exception_response(exc)
-        if result is None:
-            return _error(499, "client disconnected", type_="invalid_request_error")
+        result, failed = await self._answer(request, model_id, payload)
+        if failed is not None:
+            return failed
         return JSONResponse(result.model_dump(mode="json"))
 
     def _exception_response(self, exc: BaseException) -> Any:
