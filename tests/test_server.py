@@ -144,6 +144,28 @@ def test_503_while_a_model_loads(tiny_dirs, monkeypatch):
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 10
 
 
+def test_503_naming_the_cause_when_a_model_failed_to_load(tmp_path):
+    """A model whose load failed answers every route with 503 ``model_load_failed`` and the
+    cause; the server and its other models stay up."""
+    from azion_ai._server import BackgroundServer, ChatServer
+
+    empty = tmp_path / "no-weights"
+    empty.mkdir()
+    server = ChatServer({INTERNVL_ID: str(empty), "qwen-qwen3-embedding-4b": str(empty)}, device="cpu")
+    with BackgroundServer(server.app) as running:
+        for model_id in (INTERNVL_ID, "qwen-qwen3-embedding-4b"):
+            assert server.states[model_id].ready.wait(60)
+        chat = httpx.post(running.base_url + "/chat/completions", json={"model": INTERNVL_ID, **HELLO})
+        embed = httpx.post(running.base_url + "/embeddings", json={"model": "qwen-qwen3-embedding-4b", "input": "hi"})
+        for r, model_id in ((chat, INTERNVL_ID), (embed, "qwen-qwen3-embedding-4b")):
+            assert r.status_code == 503, r.text
+            error = r.json()["error"]
+            assert error["code"] == "model_load_failed"
+            assert error["message"].startswith(f"model {model_id!r} failed to load: ")
+            assert str(empty) in error["message"]  # the cause names the directory it read
+        assert httpx.get(running.base_url.removesuffix("/v1") + "/health").status_code == 503
+
+
 def test_server_binds_loopback_by_default():
     import inspect
 
