@@ -371,3 +371,27 @@ def test_two_tool_calls_are_numbered_in_order():
     _, last = run(b, CALL + "\n" + CALL.replace('"f"', '"g"'))
     calls = last[0]["choices"][0]["delta"]["tool_calls"]
     assert [(c["index"], c["function"]["name"]) for c in calls] == [(0, "f"), (1, "g")]
+
+
+def test_a_tool_call_ended_by_a_stop_string_goes_out_once():
+    b = builder(tool_mode="auto", stops=("END",), max_tokens=500)
+    _, last = run(b, CALL + "END")
+    final = last[0]["choices"][0]
+    assert [c["function"]["name"] for c in final["delta"]["tool_calls"]] == ["f"]
+    assert (final["finish_reason"], final["stop_reason"]) == ("tool_calls", "END")
+    assert len(b.completion()["choices"][0]["message"]["tool_calls"]) == 1
+
+
+class SurrogateTokenizer:
+    """A tokenizer written in Python that keeps undecodable bytes as lone surrogates
+    (``errors="surrogateescape"``), as some slow tokenizers do."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes(ids).decode("utf-8", errors="surrogateescape")
+
+
+def test_logprob_bytes_of_a_lone_surrogate_are_a_question_mark():
+    # str.encode's "replace" handler writes "?" (0x3F) for what UTF-8 cannot encode
+    entry = logprob_entry(SurrogateTokenizer(), 0xFF, -1.0, [(ord("a"), -2.0)])
+    assert entry == {"token": "\udcff", "logprob": -1.0, "bytes": [0x3F],
+                     "top_logprobs": [{"token": "a", "logprob": -2.0, "bytes": [97]}]}
