@@ -258,3 +258,46 @@ def test_stream_parser_holds_back_only_a_possible_tag_start():
     assert parser.feed("x") == "<tool_calx"
     assert parser.feed("<") == ""
     assert parser.finish().content == "<"
+
+
+def test_missing_template_error_message_is_exact():
+    with pytest.raises(ValueError) as caught:
+        ChatTemplates(None, None).select(tools=True)
+    assert str(caught.value) == "the checkpoint has no chat template; pass chat_template="
+
+
+def test_decoder_pieces_after_a_skipped_special_token():
+    # "<s>" is dropped, so "A" and then "B" come out one token each
+    decoder = IncrementalDecoder(SpecialTokenizer())
+    assert [decoder.add(i) for i in (0, 65, 66)] == ["", "A", "B"]
+    assert decoder.flush() == ""
+
+
+def test_decoder_flush_after_a_skipped_special_token_sends_only_the_held_text():
+    decoder = IncrementalDecoder(SpecialTokenizer())
+    assert [decoder.add(i) for i in (0, 65)] == ["", "A"]
+    decoder.ids.append(66)  # held back, never sent
+    assert decoder.flush() == "B"
+
+
+class LeadingSpaceTokenizer:
+    """SentencePiece-like: id 1 is " x", id 2 is " y", id 0 a special token with no text; a
+    decoded text loses its leading space (as Llama tokenizers decode a word-initial piece)."""
+
+    clean_up_tokenization_spaces = True
+
+    def decode(self, ids, skip_special_tokens=True):
+        text = "".join({0: "" if skip_special_tokens else "<s>", 1: " x", 2: " y"}[i] for i in ids)
+        return text[1:] if text.startswith(" ") else text
+
+
+def test_decoder_keeps_the_space_between_words_across_a_special_token():
+    decoder = IncrementalDecoder(LeadingSpaceTokenizer())
+    assert "".join(decoder.add(i) for i in (1, 0, 2)) + decoder.flush() == "x y"
+
+
+def test_tool_call_parser_second_finish_sends_no_more_content():
+    parser = ToolCallParser()
+    assert parser.feed("hello") == "hello"
+    assert parser.finish().content == ""
+    assert parser.finish().content == ""

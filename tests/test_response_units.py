@@ -257,3 +257,141 @@ def test_a_last_token_without_a_logprob_adds_no_entry():
     cut = builder(logprobs=True, max_tokens=1)
     cut.step([ord("a")])
     assert cut.finish()[0]["choices"][0]["logprobs"] == {"content": []}
+
+
+class PieceTokenizer:
+    """A byte-level tokenizer whose tokens are whole byte strings (the id is the index in
+    ``pieces``), so one token can hold plain text and the first byte of a character."""
+
+    def __init__(self, *pieces):
+        self.pieces = pieces
+
+    def decode(self, ids, skip_special_tokens=True):
+        return b"".join(self.pieces[i] for i in ids).decode("utf-8", errors="replace")
+
+
+def test_decoded_token_texts_add_up_to_the_text_when_a_token_holds_text_and_a_lead_byte():
+    # "X€": token 0 is "X" plus the first byte of "€", tokens 1 and 2 its other two bytes
+    tok = PieceTokenizer(b"X\xe2", b"\x82", b"\xac")
+    assert [decoded_token(tok, 0, []), decoded_token(tok, 1, [0]), decoded_token(tok, 2, [0, 1])] == ["", "", "X€"]
+    # "X😀" in four tokens: the last one carries "X" and the whole emoji
+    tok4 = PieceTokenizer(b"X\xf0", b"\x9f", b"\x98", b"\x80")
+    assert decoded_token(tok4, 3, [0, 1, 2]) == "X😀"
+
+
+def test_decoded_token_reads_only_the_tokens_the_character_needs():
+    # "é€" as five byte tokens: the "€" token carries "€" only, "é" was given to its own last byte
+    tok = ByteTokenizer()
+    assert decoded_token(tok, 0xAC, [0xC3, 0xA9, 0xE2, 0x82]) == "€"
+
+
+def test_decoded_token_with_a_special_token_inside_a_character():
+    # the special token (no text) sits between the bytes of "€": the last byte still carries "€"
+    tok = ByteTokenizer()
+    assert decoded_token(tok, 0xAC, [0xE2, SPECIAL, 0x82]) == "€"
+
+
+def test_decoded_token_reads_at_most_four_tokens_of_context():
+    # "😀"'s first byte is five tokens back (two special tokens in between): out of the window
+    tok = ByteTokenizer()
+    assert decoded_token(tok, 0x80, [0xF0, SPECIAL, 0x9F, 0x98, SPECIAL]) == ""
+    assert decoded_token(tok, 0x80, [SPECIAL, 0xF0, 0x9F, 0x98]) == "😀"
+
+
+def test_logprobs_of_a_split_character_read_the_output_before_it():
+    b = builder(logprobs=True)
+    b.step([0xC3], [(-0.1, [])])
+    chunk = b.step([0xA9], [(-0.2, [])])
+    assert chunk["choices"][0]["logprobs"]["content"][0] == {"token": "é", "logprob": -0.2, "bytes": [0xC3, 0xA9], "top_logprobs": []}
+
+
+def test_logprobs_context_is_the_last_four_output_tokens():
+    b = builder(logprobs=True)
+    for t in (0xF0, SPECIAL, 0x9F, 0x98, SPECIAL):
+        b.step([t], [(-0.1, [])])
+    chunk = b.step([0x80], [(-0.3, [])])
+    assert chunk["choices"][0]["delta"] == {"content": "😀"}
+    assert chunk["choices"][0]["logprobs"]["content"][0]["token"] == ""  # "😀"'s first byte is 5 tokens back
+
+
+def test_a_token_cut_by_max_tokens_keeps_its_logprob_for_the_finish_chunk():
+    b = builder(logprobs=True, max_tokens=1)
+    assert b.step([ord("a")], [(-0.5, [])]) is None
+    entry = {"token": "a", "logprob": -0.5, "bytes": [97], "top_logprobs": []}
+    assert b.finish()[0]["choices"][0] == {"index": 0, "delta": {"content": "a"}, "logprobs": {"content": [entry]},
+                                           "finish_reason": "length", "stop_reason": None}
+
+
+def test_finish_without_eos_has_no_last_logprobs():
+    b = builder(logprobs=True)
+    b.step([ord("a")], [(-0.5, [])])
+    assert b.finish()[0]["choices"][0]["logprobs"] == {"content": []}
+
+
+def test_an_answer_starting_with_a_stop_string_is_empty():
+    b = builder(stops=("ab",))
+    chunks, _ = run(b, "abc")
+    assert chunks == []
+    done = b.completion()["choices"][0]
+    assert (done["message"]["content"], done["finish_reason"], done["stop_reason"]) == ("", "stop", "ab")
+
+
+def test_a_piece_with_a_stop_string_twice_ends_at_the_first():
+    from azion_ai._local._response import _Choice
+
+    choice = _Choice(0, ByteTokenizer(), "text", ("ab",))
+    assert choice.text("xabyabz") == {"content": "x"}
+    assert (choice.finish_reason, choice.stop_reason) == ("stop", "ab")
+
+
+def test_cut_at_max_tokens_the_last_token_and_the_held_back_text_go_out_together():
+    # "abcE": "E" might start "END", so "bcE" is held until the finish chunk; "b" went with the last token
+    b = builder(stops=("END",), max_tokens=4)
+    chunks, last = run(b, "abcE", eos=False)
+    assert [c["choices"][0]["delta"] for c in chunks] == [{"content": "a"}]
+    assert last[0]["choices"][0]["delta"] == {"content": "bcE"}
+    assert b.completion()["choices"][0]["message"]["content"] == "abcE"
+
+
+def test_held_back_text_reaches_the_tool_parser_at_the_end():
+    b = builder(tool_mode="auto", stops=("END",))
+    run(b, "abc")
+    assert b.completion()["choices"][0]["message"]["content"] == "abc"
+
+
+def test_required_tool_call_has_empty_content():
+    b = builder(tool_mode="required")
+    run(b, CALL)
+    done = b.completion()["choices"][0]
+    assert done["message"]["content"] == "" and len(done["message"]["tool_calls"]) == 1
+
+
+def test_two_tool_calls_are_numbered_in_order():
+    b = builder(tool_mode="auto", max_tokens=500)
+    _, last = run(b, CALL + "\n" + CALL.replace('"f"', '"g"'))
+    calls = last[0]["choices"][0]["delta"]["tool_calls"]
+    assert [(c["index"], c["function"]["name"]) for c in calls] == [(0, "f"), (1, "g")]
+
+
+def test_a_tool_call_ended_by_a_stop_string_goes_out_once():
+    b = builder(tool_mode="auto", stops=("END",), max_tokens=500)
+    _, last = run(b, CALL + "END")
+    final = last[0]["choices"][0]
+    assert [c["function"]["name"] for c in final["delta"]["tool_calls"]] == ["f"]
+    assert (final["finish_reason"], final["stop_reason"]) == ("tool_calls", "END")
+    assert len(b.completion()["choices"][0]["message"]["tool_calls"]) == 1
+
+
+class SurrogateTokenizer:
+    """A tokenizer written in Python that keeps undecodable bytes as lone surrogates
+    (``errors="surrogateescape"``), as some slow tokenizers do."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes(ids).decode("utf-8", errors="surrogateescape")
+
+
+def test_logprob_bytes_of_a_lone_surrogate_are_a_question_mark():
+    # str.encode's "replace" handler writes "?" (0x3F) for what UTF-8 cannot encode
+    entry = logprob_entry(SurrogateTokenizer(), 0xFF, -1.0, [(ord("a"), -2.0)])
+    assert entry == {"token": "\udcff", "logprob": -1.0, "bytes": [0x3F],
+                     "top_logprobs": [{"token": "a", "logprob": -2.0, "bytes": [97]}]}
