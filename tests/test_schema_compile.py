@@ -429,3 +429,73 @@ def test_a_ref_cycle_is_unsupported_and_a_long_ref_chain_is_not():
     assert [fast({"p": 1}), fast({"p": "1"})] == [True, False]
     with pytest.raises(Unsupported, match="does not resolve"):
         compile_schema({"properties": {"p": {"$ref": "#/definitions/missing"}}}, max_depth=LIMIT)
+
+
+def _helper_functions(check):
+    """The names of the functions the compiled predicate was built from (entry included)."""
+    (entry,) = [cell.cell_contents for cell in check.__closure__ if callable(cell.cell_contents)]
+    return sorted(name for name, value in entry.__globals__.items() if name.startswith("_f") and callable(value))
+
+
+def test_a_bare_scalar_type_branch_is_inlined_not_a_helper_function():
+    # Each branch is a scalar "type" with only annotations beside it: no function is generated for it.
+    branches = [
+        {"type": "string", "description": "d", "title": "t", "default": "x", "format": "f"},
+        {"type": "boolean", "description": "d"},
+        {"type": "null", "title": "t"},
+        {"type": "number", "default": 1},
+        {"type": "integer", "format": "int32"},
+    ]
+    schema = {"anyOf": branches}
+    check = compile_schema(schema, max_depth=LIMIT)
+    assert _helper_functions(check) == ["_f1"]
+    cases = ["s", True, None, 1.5, 3, [], {}]
+    assert [check(c) for c in cases] == [True, True, True, True, True, False, False]
+    assert [Draft7Validator(schema).is_valid(c) for c in cases] == [True, True, True, True, True, False, False]
+    # an object or array type, a list of types, or another keyword beside "type" gets a function
+    for branch in ({"type": "object"}, {"type": "array"}, {"type": ["string"]}, {"type": "string", "minLength": 1}):
+        assert _helper_functions(compile_schema({"anyOf": [branch]}, max_depth=LIMIT)) == ["_f1", "_f2"], branch
+
+
+def test_an_object_type_branch_still_refuses_values_past_the_limit():
+    schema = {"anyOf": [{"type": "object"}]}
+    check = compile_schema(schema, max_depth=2)
+    assert Draft7Validator(schema).is_valid({"a": {"b": {"c": 1}}})
+    assert check({"a": {"b": 1}}) is True  # depth 2
+    assert check({"a": {"b": {"c": 1}}}) is False  # depth 3: past the limit
+
+
+def test_true_and_false_subschemas_in_combinators_match_jsonschema():
+    schemas = [
+        {"if": True, "then": {"type": "string"}},
+        {"not": True},
+        {"anyOf": [False, {"type": "string"}]},
+        {"anyOf": [True]},
+        {"oneOf": [False, True]},
+    ]
+    for schema in schemas:
+        check = compile_schema(schema, max_depth=LIMIT)
+        for value in ["s", 1, None, [1], {"a": 1}]:
+            assert check(value) is Draft7Validator(schema).is_valid(value), (schema, value)
+
+
+@pytest.mark.parametrize("schema", [
+    {"items": [{"items": [{"type": "string"}]}]},
+    {"items": {"items": {"type": "string"}}},
+    {"items": [{"items": {"type": "string"}}]},
+    {"items": {"items": [{"type": "string"}]}},
+])
+def test_typed_checks_nested_in_arrays_count_toward_the_depth_limit(schema):
+    value = [["x"]]  # "x" sits at depth 2
+    assert Draft7Validator(schema).is_valid(value)
+    assert compile_schema(schema, max_depth=2)(value) is True
+    assert compile_schema(schema, max_depth=1)(value) is False
+
+
+def test_free_values_inside_tuple_items_are_walked_at_their_depth():
+    schema = {"items": [{"type": "object"}, {"type": "array"}]}
+    value = [{"a": {"b": 1}}, [[1]]]  # both reach depth 3
+    assert Draft7Validator(schema).is_valid(value)
+    assert compile_schema(schema, max_depth=3)(value) is True
+    assert compile_schema(schema, max_depth=2)(value) is False
+    assert compile_schema(schema, max_depth=2)([{"a": 1}, [1]]) is True
