@@ -499,3 +499,76 @@ def test_free_values_inside_tuple_items_are_walked_at_their_depth():
     assert compile_schema(schema, max_depth=3)(value) is True
     assert compile_schema(schema, max_depth=2)(value) is False
     assert compile_schema(schema, max_depth=2)([{"a": 1}, [1]]) is True
+
+
+@pytest.mark.parametrize(("schema", "message"), [
+    ({"type": "strin"}, "type 'strin'"),
+    ({"type": []}, "type []"),
+    ({"properties": {"a": 5}}, "schema node 5"),
+    ({"uniqueItems": True, "multipleOf": 2}, "multipleOf, uniqueItems"),
+    ({"minimum": "1"}, "minimum '1'"),
+    ({"maximum": True}, "maximum True"),
+])
+def test_unsupported_schemas_name_what_is_not_translated(schema, message):
+    with pytest.raises(Unsupported) as caught:
+        compile_schema(schema, max_depth=LIMIT)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("schema", [
+    {"minLength": 2},
+    {"maxLength": 1},
+    {"pattern": "^a"},
+    {"minItems": 2},
+    {"maxItems": 1},
+    {"minProperties": 2},
+    {"maxProperties": 1},
+    {"additionalProperties": False},
+    {"additionalProperties": {"type": "string"}},
+    {"patternProperties": {"^a": {"type": "string"}}},
+    {"enum": ["a", "b"]},
+    {"enum": [1, 2]},
+    {"anyOf": []},
+    {"then": {"type": "string"}},
+    {"else": {"type": "string"}},
+    {"if": {"type": "string"}, "then": {"minLength": 2}},
+    {"if": {"type": "string"}, "else": {"type": "integer"}},
+    {"not": {"items": {"anyOf": [{"type": "string"}, {"minimum": 1}]}}},
+    {"if": {"items": {"anyOf": [{"type": "string"}, {"minimum": 1}]}}, "then": {"minItems": 2}},
+])
+def test_each_keyword_alone_decides_like_jsonschema(schema):
+    values = ["a", "ab", "b", "", 1, 1.5, None, [], [1], [1, 2], ["a"], ["a", "b"], [[1]], {}, {"a": 1}, {"a": "x"}, {"b": 1}, {"a": 1, "b": 2}]
+    check = compile_schema(schema, max_depth=LIMIT)
+    assert [check(v) for v in values] == [Draft7Validator(schema).is_valid(v) for v in values]
+
+
+@pytest.mark.parametrize("schema", [
+    {"not": {"items": {"items": {"type": "string"}}}},
+    {"if": {"items": {"items": {"type": "string"}}}, "then": True, "else": False},
+])
+def test_negated_and_condition_subschemas_ignore_the_depth_limit(schema):
+    # the subschema reaches two levels below the value, past max_depth=1, yet [] satisfies it
+    assert compile_schema(schema, max_depth=1)([]) is Draft7Validator(schema).is_valid([])
+
+
+@pytest.mark.parametrize(("schema", "max_depth", "value"), [
+    (True, 0, "x"),
+    ({"type": "string"}, 0, "x"),
+    ({"items": True}, 1, [1]),
+    ({"items": False}, 1, []),
+    ({"items": [False]}, 1, []),
+])
+def test_a_value_at_the_limit_is_accepted(schema, max_depth, value):
+    assert Draft7Validator({} if schema is True else schema).is_valid(value)
+    assert compile_schema(schema, max_depth=max_depth)(value) is True
+
+
+def test_a_value_whose_comparison_raises_does_not_match_an_enum():
+    class Hostile:
+        def __eq__(self, other):
+            raise RuntimeError("no comparison")
+
+        __hash__ = object.__hash__
+
+    assert compile_schema({"enum": [1, 2]}, max_depth=LIMIT)(Hostile()) is False
+    assert compile_schema({"const": 1.5}, max_depth=LIMIT)(Hostile()) is False
