@@ -572,3 +572,12 @@ def test_a_value_whose_comparison_raises_does_not_match_an_enum():
 
     assert compile_schema({"enum": [1, 2]}, max_depth=LIMIT)(Hostile()) is False
     assert compile_schema({"const": 1.5}, max_depth=LIMIT)(Hostile()) is False
+
+
+def test_a_check_split_into_a_helper_function_adds_no_height():
+    # the third "properties" level sits past the inlining limit and becomes a helper function
+    schema = {"properties": {"a": {"properties": {"a": {"properties": {"a": {"type": "string"}}}}}}}
+    value = {"a": {"a": {"a": "x"}}}  # "x" at depth 3
+    assert Draft7Validator(schema).is_valid(value)
+    assert compile_schema(schema, max_depth=3)(value) is True
+    assert compile_schema(schema, max_depth=2)(value) is False
