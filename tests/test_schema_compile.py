@@ -581,3 +581,49 @@ def test_a_check_split_into_a_helper_function_adds_no_height():
     assert Draft7Validator(schema).is_valid(value)
     assert compile_schema(schema, max_depth=3)(value) is True
     assert compile_schema(schema, max_depth=2)(value) is False
+
+
+@pytest.mark.parametrize("schema", [
+    {"dependencies": {"a": ["b", "c"]}},
+    {"dependencies": {"a": []}},
+    {"patternProperties": {"^a": {"minLength": 2}}},
+    {"properties": {"a": {}}, "patternProperties": {"^a": {"type": "string"}}},
+    {"type": "integer", "minLength": 1},
+    {"anyOf": [True]},
+])
+def test_object_keywords_decide_like_jsonschema(schema):
+    values = ["a", "ab", 5, [], {}, {"a": 1}, {"a": "x"}, {"a": "xy"}, {"b": 1}, {"a": 1, "b": 2}, {"a": 1, "b": 2, "c": 3}]
+    check = compile_schema(schema, max_depth=LIMIT)
+    assert [check(v) for v in values] == [Draft7Validator(schema).is_valid(v) for v in values]
+
+
+@pytest.mark.parametrize("schema", [
+    {"properties": {"a": {"properties": {"a": {"type": "string"}}}}},
+    {"type": "object", "properties": {"a": {"type": "object", "properties": {"a": {"type": "string"}}}}},
+])
+def test_typed_checks_nested_in_properties_count_toward_the_depth_limit(schema):
+    value = {"a": {"a": "x"}}  # "x" sits at depth 2
+    assert Draft7Validator(schema).is_valid(value)
+    assert compile_schema(schema, max_depth=2)(value) is True
+    assert compile_schema(schema, max_depth=1)(value) is False
+
+
+@pytest.mark.parametrize("schema", [{"maxProperties": 1}, {}, {"anyOf": [True]}])
+def test_values_json_cannot_carry_are_never_valid(schema):
+    assert compile_schema(schema, max_depth=0)({}) is True
+    assert compile_schema(schema, max_depth=0)({"a": 1}) is False  # 1 sits at depth 1, past 0
+    assert compile_schema(schema, max_depth=LIMIT)({(1, 2): 1}) is False  # a key JSON cannot write
+    assert compile_schema(schema, max_depth=LIMIT)({"a": float("nan")}) is False
+
+
+def test_a_ref_chain_of_101_hops_counts_as_a_cycle():
+    chain = {f"r{i}": {"$ref": f"#/definitions/r{i + 1}"} for i in range(100)} | {"r100": {"type": "integer"}}
+    with pytest.raises(Unsupported, match=r"^\$ref cycle$"):
+        compile_schema({"definitions": chain, "properties": {"p": {"$ref": "#/definitions/r0"}}}, max_depth=LIMIT)
+
+
+def test_a_negated_additional_properties_false_is_exact():
+    schema = {"not": {"properties": {"a": {"type": "integer"}}, "additionalProperties": False}}
+    assert Draft7Validator(schema).is_valid({"b": 1}) and not Draft7Validator(schema).is_valid({"a": 1})
+    check = compile_schema(schema, max_depth=LIMIT)
+    assert [check({"b": 1}), check({"a": 1})] == [True, False]
