@@ -239,15 +239,19 @@ class _Compiler:
 
         if any(k in node for k in ("items", "minItems", "maxItems", "contains")):
             inner, block = self.guard(known, "array", var, pad, out)
+            opened = len(out)
             level = indent + (1 if block else 0)
             height = max(height, self.emit_array(node, var, depth, out, level, nesting + block, exact))
+            self.close(out, opened, inner)
 
         object_keys = ("properties", "required", "additionalProperties", "patternProperties",
                        "minProperties", "maxProperties", "propertyNames", "dependencies")
         if any(k in node for k in object_keys):
             inner, block = self.guard(known, "object", var, pad, out)
+            opened = len(out)
             level = indent + (1 if block else 0)
             height = max(height, self.emit_object(node, var, depth, out, level, nesting + block, exact))
+            self.close(out, opened, inner)
 
         for sub in node.get("allOf", ()):
             height = max(height, self.emit(sub, var, depth, out, indent, nesting + 1, exact))
@@ -275,6 +279,13 @@ class _Compiler:
             if known is None:  # a scalar here is unconstrained: it must still be plain JSON
                 out.append(f"{pad}if not isinstance({var}, (dict, list, tuple)) and not is_json_scalar({var}): return False")
         return height
+
+    @staticmethod
+    def close(out: list[str], opened: int, pad: str) -> None:
+        """A block that got no lines (its schema accepts everything, as in ``not`` or an ``if``
+        condition, where no depth check is added) still needs a body to compile."""
+        if len(out) == opened:
+            out.append(f"{pad}pass")
 
     def guard(self, known: str | None, kind: str, var: str, pad: str, out: list[str]) -> tuple[str, int]:
         """Keywords for one JSON type apply only to values of that type: open an ``if`` unless the
@@ -322,7 +333,10 @@ class _Compiler:
             return height
         item = self.fresh("_i")
         out.append(f"{pad}for {item} in {var}:")
-        return 1 + self.emit(items, item, depth + " + 1", out, indent + 1, nesting + 1, exact)
+        opened = len(out)
+        height = 1 + self.emit(items, item, depth + " + 1", out, indent + 1, nesting + 1, exact)
+        self.close(out, opened, pad + "    ")
+        return height
 
     def emit_object(
         self, node: Mapping[str, Any], var: str, depth: str, out: list[str], indent: int, nesting: int, exact: bool
@@ -342,7 +356,9 @@ class _Compiler:
             value = self.fresh("_v")
             out.append(f"{pad}{value} = {var}.get({key!r}, _MISSING)")
             out.append(f"{pad}if {value} is not _MISSING:")
+            opened = len(out)
             height = max(height, 1 + self.emit(sub, value, depth + " + 1", out, indent + 1, nesting + 1, exact))
+            self.close(out, opened, pad + "    ")
         for key, dependency in dict(node.get("dependencies", {})).items():
             if isinstance(dependency, list):
                 test = " and ".join(f"{d!r} in {var}" for d in dependency) or "True"

@@ -301,3 +301,12 @@ def test_tool_call_parser_second_finish_sends_no_more_content():
     assert parser.feed("hello") == "hello"
     assert parser.finish().content == ""
     assert parser.finish().content == ""
+
+
+def test_tool_call_parser_second_finish_sends_the_calls_only_once():
+    parser = ToolCallParser()
+    assert parser.feed('<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>') == ""
+    first = parser.finish()
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in first.tool_calls] == [("f", '{"a": 1}')]
+    again = parser.finish()
+    assert (again.content, again.tool_calls) == ("", [])

@@ -291,6 +291,14 @@ def test_decoded_token_with_a_special_token_inside_a_character():
     assert decoded_token(tok, 0xAC, [0xE2, SPECIAL, 0x82]) == "€"
 
 
+def test_decoded_token_texts_add_up_when_a_special_token_splits_a_character_after_text():
+    # "N€": token 0 is "N" plus the first byte of "€", then a special token (no text), then the
+    # other two bytes; the texts must add up to "N€" as without the special token ("", "", "N€")
+    tok = PieceTokenizer(b"N\xe2", b"", b"\x82", b"\xac")
+    texts = [decoded_token(tok, i, list(range(i))) for i in range(4)]
+    assert texts == ["", "", "", "N€"]
+
+
 def test_decoded_token_reads_at_most_four_tokens_of_context():
     # "😀"'s first byte is five tokens back (two special tokens in between): out of the window
     tok = ByteTokenizer()

@@ -627,3 +627,22 @@ def test_a_negated_additional_properties_false_is_exact():
     assert Draft7Validator(schema).is_valid({"b": 1}) and not Draft7Validator(schema).is_valid({"a": 1})
     check = compile_schema(schema, max_depth=LIMIT)
     assert [check({"b": 1}), check({"a": 1})] == [True, False]
+
+
+@pytest.mark.parametrize("inner", [
+    {"properties": {"a": {}}, "additionalProperties": False},
+    {"properties": {"a": True}},
+    {"properties": {}},
+    {"additionalProperties": True},
+    {"type": "object", "additionalProperties": {}},
+    {"items": {}},
+    {"items": True, "type": "array"},
+    {"contains": True},
+])
+@pytest.mark.parametrize("wrap", ["not", "if"])
+def test_subschemas_that_accept_anything_compile_inside_not_and_if(inner, wrap):
+    # exact contexts emit no depth check for an accept-anything subschema, so its block is empty
+    schema = {"not": inner} if wrap == "not" else {"if": inner, "then": {"required": ["b"]}}
+    values = [None, 1, "a", [], [1], {}, {"a": 1}, {"b": 1}, {"a": 1, "b": 2}]
+    check = compile_schema(schema, max_depth=LIMIT)
+    assert [check(v) for v in values] == [Draft7Validator(schema).is_valid(v) for v in values]

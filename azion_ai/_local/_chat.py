@@ -328,6 +328,7 @@ class ToolCallParser:
         self._sent = 0
         self._in_calls = False
         self._forced = forced
+        self._finished = False
 
     def feed(self, piece: str) -> str:
         """Content that can be sent now."""
@@ -344,7 +345,11 @@ class ToolCallParser:
         return out
 
     def finish(self) -> ParsedPiece:
-        """End of generation: the rest of the content, or the tool calls."""
+        """End of generation: the rest of the content, or the tool calls (once: a second call
+        gives nothing, so the calls never go out twice under new ids)."""
+        if self._finished:
+            return ParsedPiece(content="", tool_calls=[])
+        self._finished = True
         _, calls = parse_tool_calls(self._text, self._forced)
         rest = "" if calls else self._text[self._sent :]
         self._sent = len(self._text)

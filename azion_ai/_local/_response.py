@@ -89,6 +89,12 @@ class _Choice:
         return delta or None
 
 
+def _unfinished(text: str) -> bool:
+    """A token that may belong to a character still being spelled: a partial byte, or a textless
+    (special) token, which can sit between a character's bytes and must not end the walk back."""
+    return text == "" or text.endswith("\ufffd")
+
+
 def decoded_token(tokenizer: Any, token: int, context: Sequence[int]) -> str:
     """A token's text for logprobs, as vLLM gives it: a byte of an unfinished character is "",
     and the token that finishes one carries the whole character (read with up to 4 preceding
@@ -102,7 +108,7 @@ def decoded_token(tokenizer: Any, token: int, context: Sequence[int]) -> str:
         if whole.endswith("\ufffd"):
             continue
         clean = len(before)
-        while clean > 0 and str(tokenizer.decode([before[clean - 1]])).endswith("\ufffd"):
+        while clean > 0 and _unfinished(str(tokenizer.decode([before[clean - 1]]))):
             clean -= 1
         prefix = str(tokenizer.decode(before[:clean])) if clean else ""
         common = 0

@@ -13,7 +13,8 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,20 @@ def kill(pids: list[int]) -> None:
     """SIGKILL, as the OOM killer sends."""
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
+
+
+def failures_until_dead(engine, request: Callable[[], object]) -> list[str]:
+    """After :func:`kill`: send ``request`` until ``engine`` knows it is dead (60 s at most) and
+    return the messages of the SDK errors met on the way; none may hang (each has 30 s)."""
+    from azion_ai import LocalBackendError
+
+    failures = []
+    deadline = time.monotonic() + 60
+    while engine.alive and time.monotonic() < deadline:
+        try:
+            request()
+        except LocalBackendError as exc:
+            failures.append(str(exc))
+        time.sleep(0.2)
+    assert not engine.alive, "the killed engine still says it is alive after 60 s"
+    return failures

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import vllm_reference
 from conformance import COMMON, MAX_MODEL_LEN, QWEN_TOOLS, answer, greedy, img, text, user
-from conftest import engine_ai, engine_cores_started, kill
+from conftest import engine_ai, engine_cores_started, failures_until_dead, kill
 
 QWEN_ID = "qwen-qwen25-vl-3b-instruct-awq"
 CATALOGUE = {**COMMON, **QWEN_TOOLS}
@@ -261,22 +261,12 @@ def test_a_dead_engine_is_replaced_by_the_next_request(tiny_dirs):
     the requests that meet it fail with the SDK's error instead of waiting forever (vLLM never
     answers a request added while it notices the death), and the next one starts a fresh engine
     and is answered."""
-    import azion_ai
-
     with engine_ai(QWEN_ID, tiny_dirs[QWEN_ID] / "reference") as ai:
         with engine_cores_started() as cores:
             ai.transport.load(QWEN_ID)
         old = ai.transport._engines[QWEN_ID]
         kill(cores)
-        failures = []
-        deadline = time.monotonic() + 60
-        while old.alive and time.monotonic() < deadline:
-            try:
-                ai.run(QWEN_ID, greedy([user("Hi")], max_tokens=2), timeout=30)
-            except azion_ai.LocalBackendError as exc:
-                failures.append(str(exc))
-            time.sleep(0.2)
-        assert not old.alive
+        failures = failures_until_dead(old, lambda: ai.run(QWEN_ID, greedy([user("Hi")], max_tokens=2), timeout=30))
         assert all("stopped" in message for message in failures), failures
         again = ai.run(QWEN_ID, greedy([user("Hi")], max_tokens=2))
         assert again.usage.completion_tokens == 2

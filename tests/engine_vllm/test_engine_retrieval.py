@@ -89,11 +89,7 @@ def test_a_dead_pooling_engine_fails_its_request_and_is_replaced(tiny_dirs):
     """The retrieval engine's vLLM process killed while idle: requests fail with the SDK's error
     (none waits forever) until the engine is seen dead; the next one starts a new engine, whose
     vectors are those of a clean start."""
-    import time
-
-    from conftest import engine_cores_started, kill
-
-    from azion_ai import LocalBackendError
+    from conftest import engine_cores_started, failures_until_dead, kill
 
     payload = EMBEDDINGS[next(iter(EMBEDDINGS))]
     with engine_ai(EMBED_ID, tiny_dirs[EMBED_ID]) as ai:
@@ -101,15 +97,7 @@ def test_a_dead_pooling_engine_fails_its_request_and_is_replaced(tiny_dirs):
             before = ai.run(EMBED_ID, payload).model_dump(mode="json")
         old = ai.transport._poolers[EMBED_ID]
         kill(cores)
-        failures = []
-        deadline = time.monotonic() + 60
-        while old.alive and time.monotonic() < deadline:
-            try:
-                ai.run(EMBED_ID, payload, timeout=30)
-            except LocalBackendError as exc:
-                failures.append(str(exc))
-            time.sleep(0.2)
-        assert not old.alive
+        failures = failures_until_dead(old, lambda: ai.run(EMBED_ID, payload, timeout=30))
         assert all("stopped" in message for message in failures), failures
         after = ai.run(EMBED_ID, payload).model_dump(mode="json")
         assert ai.transport._poolers[EMBED_ID] is not old
