@@ -113,7 +113,6 @@ def resolve_local_ref(root: Any, ref: Any) -> Any:
 class _Compiler:
     def __init__(self, root: Any, max_depth: int) -> None:
         self.root = root
-        self.max_depth = max_depth
         self.namespace: dict[str, Any] = {
             "_MISSING": object(),
             "_json_equal": _json_equal,

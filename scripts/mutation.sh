@@ -10,14 +10,15 @@ ROOT="$PWD"
 PY="$ROOT/.venv/bin/python"
 "$PY" -c "import mutmut" 2>/dev/null || "$PY" -m pip install -q "mutmut==3.8.1"
 
-# name | module to mutate | the fast tests that cover it
+# name | module to mutate | the fast tests that cover it (test_hostile.py: its in-process tests;
+# its server and local-model tests start a server or load weights per mutant, minutes each)
 MODULES="
 streaming|azion_ai/_streaming.py|tests/test_streaming.py tests/test_remote.py
 images|azion_ai/_local/_images.py|tests/test_images.py tests/test_local_units.py
 request|azion_ai/_local/_request.py|tests/test_request.py tests/test_local_units.py
 internvl_original|azion_ai/_local/_internvl_original.py|tests/test_internvl_original_units.py
 schema_compile|azion_ai/_schema_compile.py|tests/test_schema_compile.py tests/test_validation.py
-validation|azion_ai/_validation.py|tests/test_validation.py tests/test_schema_compile.py tests/test_hostile.py
+validation|azion_ai/_validation.py|tests/test_validation.py tests/test_schema_compile.py tests/test_hostile.py::test_mutated_seed_payloads tests/test_hostile.py::test_random_json_values tests/test_hostile.py::test_random_payload_shaped_objects tests/test_hostile.py::test_deep_nesting_does_not_crash
 response|azion_ai/_local/_response.py|tests/test_response_units.py
 chat|azion_ai/_local/_chat.py|tests/test_chat_units.py tests/test_local_units.py
 sampling|azion_ai/_local/_sampling.py|tests/test_sampling.py tests/test_local_units.py

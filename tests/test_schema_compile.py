@@ -638,6 +638,8 @@ def test_a_negated_additional_properties_false_is_exact():
     {"items": {}},
     {"items": True, "type": "array"},
     {"contains": True},
+    {"items": []},
+    {"type": "array", "items": []},
 ])
 @pytest.mark.parametrize("wrap", ["not", "if"])
 def test_subschemas_that_accept_anything_compile_inside_not_and_if(inner, wrap):
@@ -646,3 +648,95 @@ def test_subschemas_that_accept_anything_compile_inside_not_and_if(inner, wrap):
     values = [None, 1, "a", [], [1], {}, {"a": 1}, {"b": 1}, {"a": 1, "b": 2}]
     check = compile_schema(schema, max_depth=LIMIT)
     assert [check(v) for v in values] == [Draft7Validator(schema).is_valid(v) for v in values]
+
+
+def test_a_subschema_used_in_every_position_compiles_to_one_function():
+    # one helper per distinct subschema (function_for's memo): a definition that a schema uses
+    # in many places must be compiled once (the catalogue's schemas reuse their $refs), whichever
+    # keyword reaches it; the root, reached again through "#", is no exception
+    ref, tagged = {"$ref": "#/definitions/d"}, {"$ref": "#/definitions/t"}
+    schema = {
+        "definitions": {
+            "d": {"type": "object", "properties": {"x": {"type": "integer"}}},
+            "t": {"required": ["t"], "properties": {"t": {"enum": ["u"]}}, "contains": ref},
+        },
+        "allOf": [{"contains": ref}],
+        "properties": {
+            "a": {"anyOf": [ref, {"type": "string"}]},
+            "b": {"oneOf": [ref, {"type": "string"}]},
+            "c": {"if": {"type": "string"}, "then": ref, "else": ref},
+            "e": {"items": [{"contains": ref}]},
+            "f": {"items": {"contains": ref}},
+            "h": {"additionalProperties": ref},
+            "i": {"patternProperties": {"^z": ref}},
+            "j": {"dependencies": {"k": ref}},
+            "m": {"properties": {"n": {"contains": ref}}},
+            "o": {"oneOf": [tagged]},
+            "p": {"propertyNames": {"$ref": "#/definitions/d/properties/x"}, "anyOf": [tagged]},
+            "q": {"anyOf": [{"$ref": "#"}, {"type": "string"}]},
+        },
+    }
+    check = compile_schema(schema, max_depth=LIMIT)
+    # the entry (also "#"), "d" and "t"; bare scalar types ("x", the `if` condition) are inlined
+    assert len(_helper_functions(check)) == 3
+    good, bad = {"x": 1}, {"x": "no"}
+    cases = [
+        ({"a": good, "h": {"q": good}, "j": {"k": 1, "x": 2}}, True),
+        ({"h": {"q": bad}}, False),
+        ({"f": [[good]], "q": {"q": "s"}}, True),
+        ({"q": {"a": bad}}, False),
+        ([good], True),
+        ([bad], False),
+    ]
+    for value, expected in cases:
+        assert check(value) is expected is Draft7Validator(schema).is_valid(value), value
+
+
+def test_a_free_property_value_past_the_limit_or_not_json_is_refused():
+    # a property whose schema is `true` or only annotations checks nothing, yet its value must
+    # still be plain JSON within the depth limit
+    for schema in ({"properties": {"a": True}}, {"properties": {"a": {"description": "anything"}}}):
+        check = compile_schema(schema, max_depth=2)
+        assert Draft7Validator(schema).is_valid({"a": [[1]]})
+        assert check({"a": [1]}) is True  # 1 at depth 2
+        assert check({"a": [[1]]}) is False  # 1 at depth 3
+        assert check({"a": float("nan")}) is False and check({"a": {1, 2}}) is False
+
+
+def test_a_container_constant_past_the_limit_is_refused():
+    schema = {"enum": [[[1]]]}
+    assert Draft7Validator(schema).is_valid([[1]])
+    assert compile_schema(schema, max_depth=2)([[1]]) is True  # 1 at depth 2
+    assert compile_schema(schema, max_depth=1)([[1]]) is False
+
+
+def test_an_empty_tuple_items_adds_no_height():
+    assert compile_schema({"items": []}, max_depth=0)([]) is True
+
+
+def test_tuple_items_past_the_listed_ones_are_walked_for_depth():
+    schema = {"items": [{"type": "integer"}]}
+    assert Draft7Validator(schema).is_valid([1, [[1]]])
+    assert compile_schema(schema, max_depth=2)([1, [1]]) is True
+    assert compile_schema(schema, max_depth=2)([1, [[1]]]) is False
+
+
+@pytest.mark.parametrize("schema", [
+    {"not": {"patternProperties": {"^a": {"type": "integer"}}}},
+    {"not": {"additionalProperties": {"type": "integer"}}},
+    {"not": {"properties": {"a": {"type": "string"}}, "additionalProperties": {"type": "integer"}}},
+])
+def test_negated_pattern_and_additional_properties_match_jsonschema(schema):
+    values = [{}, {"a": 1}, {"a": "x"}, {"b": 1}, {"b": "x"}, {"a": "x", "b": 1}, 1]
+    check = compile_schema(schema, max_depth=LIMIT)
+    assert [check(v) for v in values] == [Draft7Validator(schema).is_valid(v) for v in values]
+
+
+def test_a_recursive_exact_check_too_deep_for_python_is_not_valid():
+    # `not` of a recursive schema walks the whole value (exact checks have no depth limit): past
+    # Python's recursion limit the fast path must answer "not valid" (jsonschema then decides)
+    schema = {"definitions": {"t": {"items": {"$ref": "#/definitions/t"}}}, "not": {"$ref": "#/definitions/t"}}
+    value: list = []
+    for _ in range(5000):
+        value = [value]
+    assert compile_schema(schema, max_depth=LIMIT)(value) is False
